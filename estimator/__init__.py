@@ -1,0 +1,85 @@
+"""memcal's analytic estimators: every seed formula as written, and memcal's own.
+
+Pure arithmetic over a model's config: importing this package never imports torch.
+
+    >>> from estimator import estimate
+    >>> result = estimate("meta-llama/Llama-3.1-8B", batch=4, seq=8192, dtype="bf16")
+    >>> result.breakdowns["memcal"].total_bytes            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .breakdown import Breakdown
+from .errors import MemcalError
+from .formulas import FORMULAS, Options, get
+from .spec import ModelSpec, load_spec
+from .workload import Workload
+
+__all__ = ["Breakdown", "Estimate", "MemcalError", "ModelSpec", "Options", "Workload", "estimate",
+           "load_spec", "FORMULAS"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Every requested formula's breakdown for one model and workload."""
+
+    spec: ModelSpec
+    workload: Workload
+    options: Options
+    breakdowns: dict[str, Breakdown] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": {"name": self.spec.name, "family": self.spec.family, "parameters": self.spec.parameters,
+                      "parameters_used": self.options.parameter_count(self.spec),
+                      "layers": self.spec.num_layers, "hidden_size": self.spec.hidden_size,
+                      "heads": self.spec.num_heads, "kv_heads": self.spec.num_kv_heads,
+                      "head_dim": self.spec.head_dim, "vocab_size": self.spec.vocab_size},
+            "workload": {k: getattr(self.workload, k) for k in self.workload.__dataclass_fields__},
+            "formulas": {fid: b.to_dict() for fid, b in self.breakdowns.items()},
+            "warnings": list(self.warnings),
+        }
+
+    def to_frame(self):
+        """One row per formula (pandas DataFrame, imported only here)."""
+        import pandas as pd
+        rows = [{"formula": fid, **{k: v for k, v in b.to_dict().items() if k != "notes"}}
+                for fid, b in self.breakdowns.items()]
+        return pd.DataFrame(rows).set_index("formula")
+
+
+def check_workload(spec: ModelSpec, workload: Workload) -> list[str]:
+    """Warnings (not errors) about a workload for this model."""
+    out = []
+    limit = spec.max_position_embeddings
+    if limit and workload.total_len > limit:
+        out.append(f"{workload.total_len} tokens exceed {spec.name}'s max_position_embeddings ({limit})")
+    return out
+
+
+def estimate(model: Any, workload: Workload | None = None, *, formulas: Iterable[str] | None = None,
+             options: Options | None = None, params: int | None = None, os: str = "linux",
+             seq: int | None = None, **workload_kwargs: Any) -> Estimate:
+    """Predict memory for `model` (anything `load_spec` accepts) with each formula.
+
+    Workload fields may be given as keywords (``batch``, ``seq``/``prompt_len``, ``new_tokens``,
+    ``dtype``, ``weights``, ``kv_dtype``, ``attention``, ``phase``, ``cache``, ``double_quant``).
+    """
+    spec = load_spec(model)
+    if workload is None:
+        if seq is not None:
+            workload_kwargs["prompt_len"] = seq
+        workload = Workload(**workload_kwargs)
+    elif workload_kwargs or seq is not None:
+        raise MemcalError("pass either a Workload or workload keywords, not both")
+    options = options or Options(parameters=params, os=os)
+    chosen = [get(f) for f in formulas] if formulas else list(FORMULAS.values())
+    notes = check_workload(spec, workload)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return Estimate(spec, workload, options, {f.id: f.estimate(spec, workload, options) for f in chosen},
+                    tuple(notes))

@@ -1,0 +1,44 @@
+"""Formatting of estimates for people: text tables. Calculation stays in the formulas."""
+from __future__ import annotations
+
+from .units import GB, GiB
+
+UNITS = {"GB": GB, "GiB": GiB}
+
+
+def human(n: int, unit: str = "GiB", digits: int = 2) -> str:
+    return f"{n / UNITS[unit]:,.{digits}f}"
+
+
+def table(rows: list[list[str]], header: list[str], align: str | None = None) -> str:
+    """A plain aligned text table; `align` has one 'l' or 'r' per column."""
+    align = align or "l" + "r" * (len(header) - 1)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                         for c, w, a in zip(cells, widths, align)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def estimate_text(result, unit: str = "GiB") -> str:
+    """The `memcal estimate` display: the spec and workload, then one row per formula."""
+    spec, workload = result.spec, result.workload
+    used = result.options.parameter_count(spec)
+    lines = [f"model     {spec.describe()}",
+             f"workload  {workload.describe()}"]
+    if used != spec.parameters:
+        lines.append(f"params    {used:,} given by the user (the seed formulas use it; memcal's own does not)")
+    for note in result.warnings:
+        lines.append(f"warning   {note}")
+    other = "GB" if unit == "GiB" else "GiB"
+    header = ["formula", "source", f"weights", "KV cache", "activations", "overhead", f"total {unit}",
+              f"total {other}"]
+    rows = [[fid, b.source.split("_")[0] if b.source != "memcal" else "memcal",
+             *(human(x, unit) for x in (b.weights_bytes, b.kv_cache_bytes, b.activation_bytes,
+                                        b.overhead_bytes, b.total_bytes)), human(b.total_bytes, other)]
+            for fid, b in result.breakdowns.items()]
+    lines += ["", f"sizes in {unit} ({'2^30' if unit == 'GiB' else '10^9'} bytes)", table(rows, header, "llrrrrrr")]
+    notes = [f"  {fid}: {'; '.join(b.notes)}" for fid, b in result.breakdowns.items() if b.notes]
+    if notes:
+        lines += ["", "notes", *notes]
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""What every formula module provides, and the options the seed tools ask their users for.
+
+A formula is a module with ``id`` (a short name), ``source`` (the seed file it implements, or
+``memcal``), ``title`` and ``estimate(spec, workload, options) -> Breakdown``: pure arithmetic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import MemcalError
+from ..spec import ModelSpec
+
+OS_CHOICES = ("linux", "windows", "macos")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Inputs that are not architecture or workload but that some formula asks for.
+
+    ``parameters`` is a parameter count typed by the user (the 002/003 tools ask for it in billions);
+    when None, the spec's exact analytic count is used. ``os`` picks the 001 seed's overhead.
+    ``kv_cache`` is the 002 notebook's Use_KV_Cache switch.
+    """
+
+    parameters: int | None = None
+    os: str = "linux"
+    kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.os not in OS_CHOICES:
+            raise MemcalError(f"unknown os {self.os!r}: choose one of {', '.join(OS_CHOICES)}")
+        if self.parameters is not None and self.parameters <= 0:
+            raise MemcalError(f"parameter count must be positive, got {self.parameters}")
+
+    def parameter_count(self, spec: ModelSpec) -> int:
+        return self.parameters if self.parameters is not None else spec.parameters

@@ -1,0 +1,3 @@
+from memcal.cli import main
+
+raise SystemExit(main())

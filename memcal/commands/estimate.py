@@ -1,0 +1,81 @@
+"""`memcal estimate`: every formula's prediction for one model and workload (never imports torch)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from estimator import Options, Workload, estimate
+from estimator.errors import MemcalError
+from estimator.formulas import FORMULAS
+from estimator.format import estimate_text
+from estimator.units import parse_count
+
+
+def add_workload_arguments(p: argparse.ArgumentParser) -> None:
+    """Workload flags shared by the verbs that take one workload (estimate, measure)."""
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 1)")
+    p.add_argument("--seq", type=int, default=None, help="prompt length in tokens (default 512)")
+    p.add_argument("--new-tokens", type=int, default=0, help="tokens to generate (phase generate)")
+    p.add_argument("--dtype", default=None, help="compute dtype: fp32, fp16, bf16 (default bf16)")
+    p.add_argument("--weights", default=None,
+                   help="weight quantization: none, int8, nf4, fp4 (bitsandbytes) or a GGUF type, e.g. Q4_K_M")
+    p.add_argument("--double-quant", action="store_true", help="bitsandbytes 4-bit double quantization")
+    p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: the compute dtype)")
+    p.add_argument("--attention", default=None, help="eager, sdpa or flash (default sdpa)")
+    p.add_argument("--phase", default=None, help="prefill or generate (default: generate if --new-tokens)")
+    p.add_argument("--cache", default="dynamic", help="KV cache implementation: dynamic or static")
+
+
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    return Workload(batch=1 if args.batch is None else args.batch,
+                    prompt_len=512 if args.seq is None else args.seq, new_tokens=args.new_tokens,
+                    dtype=args.dtype or "bf16", weights=args.weights or "none", kv_dtype=args.kv_dtype,
+                    attention=args.attention or "sdpa",
+                    phase=args.phase, cache=args.cache, double_quant=args.double_quant)
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="catalogue name, Hub id, config.json or model folder")
+    add_workload_arguments(p)
+    p.add_argument("--params", default=None,
+                   help="parameter count for the seed formulas, as their tools ask (e.g. 14.7B, 7e9)")
+    p.add_argument("--formula", action="append", default=None, metavar="NAME",
+                   help=f"only these formulas (repeatable): {', '.join(FORMULAS)}")
+    p.add_argument("--no-kv-cache", action="store_true", help="the 002 notebook's Use_KV_Cache = False")
+    p.add_argument("--os", default="linux", help="linux, windows or macos (the 001 seed's overhead)")
+    p.add_argument("--unit", default="GiB", choices=("GiB", "GB"), help="display unit (default GiB)")
+    p.add_argument("--json", action="store_true", help="print JSON (all sizes in bytes)")
+    p.add_argument("--interactive", action="store_true",
+                   help="ask for whatever the flags left out, as the 003 seed's calculator does")
+
+
+def _params(text) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_count(text)
+    except ValueError as exc:
+        raise MemcalError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.model and not args.interactive:
+        raise MemcalError("name a model (see `memcal models`), a config.json or a model folder")
+    options = Options(parameters=_params(args.params), os=args.os, kv_cache=not args.no_kv_cache)
+    if args.interactive:
+        from memcal.commands import interactive
+        from estimator.formulas import interactive_calculator
+        spec, workload, options = interactive.ask(args, workload_from_args(args), options, sys.stdin, sys.stdout)
+        print(interactive_calculator.results_text(spec, workload, options) + "\n")
+    else:
+        spec, workload = args.model, workload_from_args(args)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shown in the output, once
+        result = estimate(spec, workload, formulas=args.formula, options=options)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(estimate_text(result, unit=args.unit))
+    return 0
