@@ -20,9 +20,11 @@ from .errors import MemcalError
 _GPT2_KEYS = {"hidden": "n_embd", "layers": "n_layer", "heads": "n_head", "positions": "n_positions"}
 _HF_KEYS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
             "positions": "max_position_embeddings"}
-# Families whose config class has a num_key_value_heads attribute (the 002 notebook tests for it).
+# Families whose config class has a num_key_value_heads attribute (the 002 notebook tests for it). In
+# transformers 5.23 GPTBigCodeConfig sets one too (1 when multi_query); GPT2Config has none.
 _DECLARES_KV_HEADS = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
-                      "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite", "starcoder2"}
+                      "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite", "starcoder2",
+                      "gpt_bigcode", "phi"}
 # Tied input/output embeddings when the config says nothing (the config classes' defaults).
 _TIE_DEFAULT = {"gpt2": True, "gpt_bigcode": True, "gemma": True, "gemma2": True, "gemma3_text": True}
 # What transformers 5.23's config classes use for a key that config.json leaves out. A missing
