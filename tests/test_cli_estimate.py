@@ -30,7 +30,7 @@ def test_json_has_every_formula_with_byte_fields(capsys):
         assert row["total_bytes"] == sum(parts)
     # memcal's KV is exact for GQA: 2 * 32 layers * b2 * 1024 * 8 kv heads * 128 * 2 bytes
     assert out["formulas"]["memcal"]["kv_cache_bytes"] == 2 * 32 * 2 * 1024 * 8 * 128 * 2
-    assert out["formulas"]["memcal"]["weights_bytes"] == 8_030_261_248 * 2
+    assert out["formulas"]["memcal"]["weights_bytes"] == 8_030_261_248 * 2 + 512  # + rotary inv_freq, original_inv_freq: 2 x 64 fp32
 
 
 def test_params_override_reaches_seed_formulas_only(capsys):
@@ -38,7 +38,7 @@ def test_params_override_reaches_seed_formulas_only(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["model"]["parameters_used"] == 14_700_000_000
     assert out["formulas"]["gqa-flash-notebook"]["weights_bytes"] == 29_400_000_000
-    assert out["formulas"]["memcal"]["weights_bytes"] == 14_659_507_200 * 2
+    assert out["formulas"]["memcal"]["weights_bytes"] == 14_659_507_200 * 2 + 512
 
 
 def test_formula_filter_and_table(capsys):

@@ -13,6 +13,7 @@ TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num
 # Parameters, by hand: per layer q 64x64, k 64x32, v 64x32, o 64x64, gate/up 64x128, down 128x64
 # = 36,864 linear weights; x2 layers = 73,728; embeddings 6,400 + lm_head 6,400 + norms 2*2*64 + 64 = 320.
 LINEAR, REST = 73_728, 13_120
+BUFFERS = 64  # rotary inv_freq and original_inv_freq: 2 x head_dim/2 fp32
 
 
 def spec():
@@ -21,28 +22,28 @@ def spec():
 
 def test_plain_weights_are_parameters_times_dtype():
     assert spec().parameters == LINEAR + REST == 86_848
-    assert memcal.weight_bytes(spec(), Workload(dtype="fp32")) == 86_848 * 4
-    assert memcal.weight_bytes(spec(), Workload(dtype="bf16")) == 86_848 * 2
+    assert memcal.weight_bytes(spec(), Workload(dtype="fp32")) == 86_848 * 4 + BUFFERS
+    assert memcal.weight_bytes(spec(), Workload(dtype="bf16")) == 86_848 * 2 + BUFFERS
 
 
 def test_int8_weights_add_fp32_row_scales():
     # int8 weights + 4 bytes per output row (64+32+32+64+128+128+64 = 512 rows a layer), rest in fp16
-    assert memcal.weight_bytes(spec(), Workload(dtype="fp16", weights="int8")) == 13_120 * 2 + 73_728 + 4 * 1024
+    assert memcal.weight_bytes(spec(), Workload(dtype="fp16", weights="int8")) == 13_120 * 2 + 73_728 + 4 * 1024 + BUFFERS
 
 
 def test_nf4_weights_pack_two_per_byte_plus_absmax_per_64():
     # 73,728 / 2 packed bytes; 1,152 blocks of 64 with an fp32 absmax each
-    assert memcal.weight_bytes(spec(), Workload(dtype="bf16", weights="nf4")) == 13_120 * 2 + 36_864 + 4 * 1152
+    assert memcal.weight_bytes(spec(), Workload(dtype="bf16", weights="nf4")) == 13_120 * 2 + 36_864 + 4 * 1152 + BUFFERS
 
 
 def test_double_quant_shrinks_absmax():
     # uint8 absmax per block; per module: fp32 nested absmax per 256 blocks (1 each here), 256-entry code + offset
-    expected = 13_120 * 2 + 36_864 + 1152 + 4 * 14 + 14 * (4 * 256 + 4)
+    expected = 13_120 * 2 + 36_864 + 1152 + 4 * 14 + 14 * (4 * 256 + 4) + BUFFERS
     assert memcal.weight_bytes(spec(), Workload(dtype="bf16", weights="nf4", double_quant=True)) == expected
 
 
 def test_gguf_uses_the_cheat_sheet_bytes_per_parameter():
-    assert memcal.weight_bytes(spec(), Workload(weights="Q8_0")) == round(86_848 * 1.06)
+    assert memcal.weight_bytes(spec(), Workload(weights="Q8_0")) == round(86_848 * 1.06) + BUFFERS
 
 
 def test_kv_is_exact_for_gqa_and_generate_holds_one_token_less():
@@ -97,6 +98,14 @@ def test_estimate_api_returns_every_formula_and_a_dataframe():
     assert set(result.breakdowns) == {"per-token", "bit-width", "gqa-flash-notebook", "interactive-calculator",
                                       "gguf-cheat-sheet", "memcal"}
     frame = result.to_frame()
-    assert frame.loc["memcal", "weights_bytes"] == 86_848 * 4
+    assert frame.loc["memcal", "weights_bytes"] == 86_848 * 4 + BUFFERS
     assert (frame["total_bytes"] == frame[["weights_bytes", "kv_cache_bytes", "activation_bytes",
                                            "overhead_bytes"]].sum(axis=1)).all()
+
+
+def test_buffers_gemma_scale_and_bigcode_mask():
+    gemma = spec_from_dict({**TINY, "model_type": "gemma", "head_dim": 16})
+    assert memcal.buffer_bytes(gemma, Workload(dtype="bf16")) == 64 + 2
+    bigcode = spec_from_dict({"model_type": "gpt_bigcode", "n_embd": 64, "n_layer": 2, "n_head": 4,
+                              "n_positions": 128, "vocab_size": 100})
+    assert memcal.buffer_bytes(bigcode, Workload()) == 128 * 128

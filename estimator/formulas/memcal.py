@@ -3,7 +3,7 @@
 Source: memcal (no seed). It predicts the tensor-level peak of a Hugging Face transformers (5.x)
 forward or ``generate``, component by component:
 
-- **weights**: exact, from the parameter layout; bitsandbytes int8 = int8 weights + an fp32 scale per
+- **weights**: exact, from the parameter layout, plus buffers (rotary tables); bitsandbytes int8 = int8 weights + an fp32 scale per
   output row (SCB); bnb 4-bit = two weights per byte + an fp32 absmax per block of 64 (double
   quantization: a uint8 absmax + fp32 absmax per 256 blocks + a 256-entry code); embeddings, lm_head,
   norms and biases stay in the compute dtype, as transformers keeps them. GGUF types use the 004
@@ -69,8 +69,25 @@ DEFAULT = Coefficients()
 
 
 # --- weights -----------------------------------------------------------------------------------
+def buffer_bytes(spec: ModelSpec, workload: Workload) -> int:
+    """Non-parameter buffers transformers 5 registers: rotary inv_freq and original_inv_freq (fp32),
+    Gemma's embed_scale (a compute-dtype scalar), GPT-BigCode's causal mask (n_positions² bools)."""
+    if spec.family == "gpt2":
+        return 0
+    if spec.family == "gpt_bigcode":
+        return (spec.max_position_embeddings or 0) ** 2
+    rotary = int(spec.head_dim * float(spec.config.get("partial_rotary_factor") or 1.0)) // 2
+    scale = workload.dtype_bytes if spec.family in ("gemma", "gemma2") else 0
+    return 2 * 4 * rotary + scale
+
+
 def weight_bytes(spec: ModelSpec, workload: Workload) -> int:
-    """Bytes of the model's weights as loaded, quantization state included."""
+    """Bytes of the model's weights as loaded: parameters, buffers and quantization state."""
+    return parameter_bytes(spec, workload) + buffer_bytes(spec, workload)
+
+
+def parameter_bytes(spec: ModelSpec, workload: Workload) -> int:
+    """Bytes of the parameters as loaded, quantization state included."""
     layout = parameter_layout(spec)
     e = workload.dtype_bytes
     if workload.weights == "none":
