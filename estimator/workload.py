@@ -144,6 +144,9 @@ class Workload:
         return BNB_BITS[self.weights]
 
     def with_(self, **changes) -> "Workload":
+        """A copy with changes; a KV dtype that only followed the compute dtype keeps following it."""
+        if "dtype" in changes and "kv_dtype" not in changes and self.kv_dtype == self.dtype:
+            changes["kv_dtype"] = None
         return replace(self, **changes)
 
     def describe(self) -> str:

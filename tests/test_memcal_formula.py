@@ -32,13 +32,14 @@ def test_int8_weights_add_fp32_row_scales():
 
 
 def test_nf4_weights_pack_two_per_byte_plus_absmax_per_64():
-    # 73,728 / 2 packed bytes; 1,152 blocks of 64 with an fp32 absmax each
-    assert memcal.weight_bytes(spec(), Workload(dtype="bf16", weights="nf4")) == 13_120 * 2 + 36_864 + 4 * 1152 + BUFFERS
+    # 73,728 / 2 packed bytes; 1,152 blocks of 64 with an fp32 absmax each; a 16-entry fp32 map per module
+    assert memcal.weight_bytes(spec(), Workload(dtype="bf16", weights="nf4")) == \
+        13_120 * 2 + 36_864 + 4 * 1152 + 14 * 64 + BUFFERS
 
 
 def test_double_quant_shrinks_absmax():
     # uint8 absmax per block; per module: fp32 nested absmax per 256 blocks (1 each here), 256-entry code + offset
-    expected = 13_120 * 2 + 36_864 + 1152 + 4 * 14 + 14 * (4 * 256 + 4) + BUFFERS
+    expected = 13_120 * 2 + 36_864 + 1152 + 14 * 64 + 4 * 14 + 14 * (4 * 256 + 4) + BUFFERS
     assert memcal.weight_bytes(spec(), Workload(dtype="bf16", weights="nf4", double_quant=True)) == expected
 
 
@@ -54,18 +55,20 @@ def test_kv_is_exact_for_gqa_and_generate_holds_one_token_less():
     assert memcal.kv_cache_bytes(spec(), fp8) == 2 * 2 * 3 * 109 * 2 * 16 * 1
 
 
-def test_sliding_window_layers_keep_window_minus_one_positions():
+def test_sliding_window_storage_follows_transformers_views():
     mistral = spec_from_dict({**TINY, "model_type": "mistral", "sliding_window": 32})
     assert mistral.layer_types == ("sliding_attention",) * 2
-    w = Workload(prompt_len=100)
-    assert memcal.kv_cache_bytes(mistral, w) == 2 * 2 * 1 * 31 * 2 * 16 * 2
-    short = Workload(prompt_len=20)
-    assert memcal.kv_cache_bytes(mistral, short) == 2 * 2 * 1 * 20 * 2 * 16 * 2
+    per_position = 2 * 1 * 2 * 16 * 2  # K and V, batch 1, 2 KV heads x 16, bf16
+    # After a prefill the window-1 view still holds the storage of the whole prompt (+ an int64 per layer)
+    assert memcal.kv_cache_bytes(mistral, Workload(prompt_len=100)) == 2 * (100 * per_position + 8)
+    # once a decode step has run, each layer holds `window` positions of storage
+    assert memcal.kv_cache_bytes(mistral, Workload(prompt_len=100, new_tokens=5)) == 2 * (32 * per_position + 8)
+    assert memcal.kv_cache_bytes(mistral, Workload(prompt_len=20, new_tokens=5)) == 2 * (24 * per_position + 8)
 
 
-def test_static_cache_is_preallocated_to_prompt_plus_new_tokens():
+def test_static_cache_is_preallocated_to_max_length_minus_one():
     w = Workload(prompt_len=50, new_tokens=14, cache="static")
-    assert memcal.kv_cache_bytes(spec(), w) == 2 * 2 * 1 * 64 * 2 * 16 * 2
+    assert memcal.kv_cache_bytes(spec(), w) == 2 * (2 * 1 * 63 * 2 * 16 * 2 + 8)
 
 
 def test_prefill_logits_dominate_with_a_large_vocabulary():

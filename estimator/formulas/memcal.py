@@ -5,12 +5,13 @@ forward or ``generate``, component by component:
 
 - **weights**: exact, from the parameter layout, plus buffers (rotary tables); bitsandbytes int8 = int8 weights + an fp32 scale per
   output row (SCB); bnb 4-bit = two weights per byte + an fp32 absmax per block of 64 (double
-  quantization: a uint8 absmax + fp32 absmax per 256 blocks + a 256-entry code); embeddings, lm_head,
+  quantization: a uint8 absmax + fp32 absmax per 256 blocks + a 256-entry code), and a 16-entry
+  fp32 quantization map per 4-bit module; embeddings, lm_head,
   norms and biases stay in the compute dtype, as transformers keeps them. GGUF types use the 004
   seed's bytes per parameter (there is no loader to be exact about).
-- **KV cache**: 2 · layers · batch · positions · kv_heads · head_dim · kv bytes, positions being what
-  the cache holds at the end (``generate`` never feeds its last token back); sliding-window layers of
-  a dynamic cache keep window-1 positions, a static cache its whole preallocated length.
+- **KV cache**: 2 · layers · batch · positions · kv_heads · head_dim · kv bytes, positions being the
+  storage the cache holds at the end (``generate`` never feeds its last token back); see
+  `kv_positions` for sliding windows and static caches.
 - **activations**: prefill peaks at the largest of (a) a layer's MLP (residual streams + MLP
   intermediates), (b) a layer's attention (eager: b·heads·s² scores, two copies, plus a b·s² mask;
   SDPA/flash: linear), (c) the logits b·s·vocab in the output dtype (``generate`` computes the last
@@ -35,6 +36,7 @@ source = "memcal"
 title = "memcal: architecture-aware (exact weights and KV, activations by phase and attention kernel)"
 
 BNB_BLOCK = 64            # bitsandbytes 4-bit: elements per absmax block
+BNB_CODE = 16             # bitsandbytes 4-bit: entries of the nf4/fp4 quantization map (fp32)
 BNB_NESTED_BLOCK = 256    # double quantization: absmax values per nested block
 BNB_NESTED_CODE = 256     # double quantization: the nested quantization map, fp32 entries
 
@@ -102,13 +104,14 @@ def parameter_bytes(spec: ModelSpec, workload: Workload) -> int:
         return rest * e + numel + 4 * rows
     packed = sum(_ceil_div(g.in_features * g.out_features, 2) * g.count for g in quantized)
     blocks = sum(_ceil_div(g.in_features * g.out_features, BNB_BLOCK) * g.count for g in quantized)
+    modules = sum(g.count for g in quantized)
+    code = 4 * BNB_CODE * modules  # each 4-bit module keeps its own 16-entry fp32 quantization map
     if not workload.double_quant:
-        return rest * e + packed + 4 * blocks
+        return rest * e + packed + 4 * blocks + code
     nested = sum(_ceil_div(_ceil_div(g.in_features * g.out_features, BNB_BLOCK), BNB_NESTED_BLOCK) * g.count
                  for g in quantized)
-    modules = sum(g.count for g in quantized)
     # per module: uint8 absmax, fp32 nested absmax, its 256-entry fp32 code and an fp32 offset
-    return rest * e + packed + blocks + 4 * nested + modules * (4 * BNB_NESTED_CODE + 4)
+    return rest * e + packed + blocks + code + 4 * nested + modules * (4 * BNB_NESTED_CODE + 4)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -116,20 +119,30 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 # --- KV cache -----------------------------------------------------------------------------------
+INT64 = 8  # per-layer scalars a cache keeps: a static layer's cumulative_length, a sliding window's size
+
+
 def kv_positions(spec: ModelSpec, workload: Workload) -> list[int]:
-    """Positions each layer's cache holds at the end of the run."""
+    """Positions of key (and value) storage each layer's cache holds at the end of the run.
+
+    Dynamic sliding-window layers keep a *view* of window-1 positions into the tensor that the last
+    torch.cat made: the storage of the whole prompt after a prefill, of `window` positions once a
+    decode step has run. A static cache is preallocated to max_length-1 positions (generate never
+    feeds its last token), sliding layers to at most the window.
+    """
+    n, window = workload.kv_len, spec.sliding_window
     if workload.cache == "static" and workload.phase == "generate":
-        full = workload.total_len  # preallocated to prompt + new tokens
-        window = spec.sliding_window or full
-        return [min(full, window) if t == "sliding_attention" else full for t in spec.layer_types]
-    n = workload.kv_len
-    window = spec.sliding_window or n + 1
-    return [min(n, window - 1) if t == "sliding_attention" else n for t in spec.layer_types]
+        return [min(n, window) if t == "sliding_attention" else n for t in spec.layer_types]
+    decoded = workload.phase == "generate" and workload.new_tokens >= 2
+    return [min(n, window) if t == "sliding_attention" and decoded else n for t in spec.layer_types]
 
 
 def kv_cache_bytes(spec: ModelSpec, workload: Workload) -> int:
+    """Bytes of the cache object's distinct storages at the end of the run (what memory holds)."""
     per_position = 2 * workload.batch * spec.num_kv_heads * spec.head_dim * workload.kv_bytes
-    return per_position * sum(kv_positions(spec, workload))
+    static = workload.cache == "static" and workload.phase == "generate"
+    scalars = spec.num_layers if static else spec.sliding_layers
+    return per_position * sum(kv_positions(spec, workload)) + INT64 * scalars
 
 
 # --- activations --------------------------------------------------------------------------------

@@ -1,0 +1,208 @@
+"""Model building: random weights of the exact architecture, real weights, quantized weights, fake.
+
+`build_model(spec, workload, device)` returns a `BuiltModel` that `measure.run_point` runs any
+number of workloads on, as long as they share what building fixed (dtype, weights, attention):
+a sweep builds once per group.
+
+* random weights: `from_config` under `torch.device(target)` with `dtype=`: created on the target
+  device in the target dtype, no full-size fp32 copy on the host first;
+* dry run: the same, under FakeTensorMode: no memory allocated, the storages still carry sizes;
+* real weights: a local folder with *.safetensors (never pickles); trust_remote_code only if asked;
+* bitsandbytes (int8, nf4, fp4): through transformers' BitsAndBytesConfig. from_config cannot
+  quantize, so random weights are written once in the compute dtype to a temporary safetensors
+  folder and loaded back through from_pretrained, the path real checkpoints take.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from estimator.errors import MemcalError
+from estimator.spec import ModelSpec
+from estimator.workload import Workload
+
+from .tracker import storages_bytes
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ATTN_IMPL = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
+# Keys of a config.json that describe a checkpoint, not an architecture: random weights ignore them.
+_BNB_PARAM_STATE = ("SCB", "CB")
+_CHECKPOINT_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "architectures",
+                    "torch_dtype", "dtype", "auto_map")
+
+__all__ = ["BuiltModel", "build_model", "unsupported_reason", "weight_tensors", "TORCH_DTYPES"]
+
+
+@dataclass
+class BuiltModel:
+    """A model ready to run, and what building it fixed. `fake_mode` is set for a dry run."""
+
+    model: Any
+    spec: ModelSpec
+    device: str                 # cpu, dry-run, cuda, mps
+    torch_device: str           # where the tensors live (dry run: fake tensors on cpu)
+    dtype: str
+    weights: str
+    double_quant: bool
+    attention: str
+    fake_mode: Any = None
+    weight_bytes: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def key(self) -> tuple:
+        return (self.spec.name, self.device, self.dtype, self.weights, self.double_quant, self.attention)
+
+    def fits(self, workload: Workload) -> bool:
+        """Can this built model run `workload` (same dtype, weights and attention)?"""
+        return (workload.dtype, workload.weights, workload.double_quant, workload.attention) == \
+            (self.dtype, self.weights, self.double_quant, self.attention)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return weight_tensors(self.model)
+
+
+def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Parameters, buffers and the quantization state that get_memory_footprint misses.
+
+    bitsandbytes keeps scales outside parameters: Int8Params.SCB (fp32 per row), Params4bit.quant_state
+    (absmax, the quant map `code`, `offset`, and a nested state2 for double quantization).
+    """
+    out: list[torch.Tensor] = list(model.parameters()) + list(model.buffers())
+    extra: list[torch.Tensor] = []
+    for p in out:
+        if not type(p).__module__.startswith("bitsandbytes"):
+            continue  # (a FakeTensor carries tensors of its own in vars(): not weights)
+        extra.extend(v for k, v in vars(p).items() if k in _BNB_PARAM_STATE and isinstance(v, torch.Tensor))
+        state = getattr(p, "quant_state", None)
+        while state is not None:
+            extra.extend(v for v in vars(state).values() if isinstance(v, torch.Tensor))
+            state = getattr(state, "state2", None)
+    for module in model.modules():
+        state = getattr(module, "state", None)  # Linear8bitLt's MatmulLtState (CB, SCB once used)
+        if type(module).__module__.startswith("bitsandbytes") and state is not None and hasattr(state, "__dict__"):
+            extra.extend(v for v in vars(state).values() if isinstance(v, torch.Tensor))
+    return out + extra
+
+
+def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str | None:
+    """One line saying why the harness cannot run this point, or None. Estimate-only settings end here."""
+    if workload.is_gguf:
+        return f"GGUF {workload.weights} weights are estimate-only: the harness runs transformers models"
+    if workload.kv_dtype != workload.dtype:
+        return (f"a {workload.kv_dtype} KV cache with {workload.dtype} compute is estimate-only: "
+                "transformers' Dynamic/StaticCache store keys and values in the compute dtype")
+    if workload.weights != "none":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes is not installed: pip install bitsandbytes"
+        if device == "dry-run":
+            return "a dry run cannot quantize: bitsandbytes quantizes with real kernels (measure on cpu or cuda)"
+        if device == "mps":
+            return "bitsandbytes has no MPS backend"
+    if device == "dry-run" and spec.is_moe and workload.dtype != "bf16":
+        return ("a dry run of an MoE model needs --dtype bf16: the fake (meta) kernel of torch's grouped_mm, "
+                "which transformers' experts run, accepts bf16 only")
+    if workload.attention == "flash":
+        if importlib.util.find_spec("flash_attn") is None:
+            return "flash attention needs the flash_attn package (not installed here)"
+        if device != "cuda":
+            return "flash attention runs on CUDA only"
+    return None
+
+
+def _config(spec: ModelSpec, workload: Workload):
+    from transformers import AutoConfig
+    raw = {k: v for k, v in dict(spec.config).items() if k not in _CHECKPOINT_KEYS}
+    model_type = raw.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **raw)
+    except (ValueError, KeyError) as exc:
+        raise MemcalError(f"transformers cannot build a {model_type!r} model: {exc}".splitlines()[0]) from None
+    config._attn_implementation = ATTN_IMPL[workload.attention]
+    return config
+
+
+def _bnb_config(workload: Workload):
+    from transformers import BitsAndBytesConfig
+    if workload.weights == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=workload.weights,
+                              bnb_4bit_compute_dtype=TORCH_DTYPES[workload.dtype],
+                              bnb_4bit_use_double_quant=workload.double_quant)
+
+
+def _check_folder(path: Path) -> None:
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise MemcalError(f"{path}: real weights need a local model folder with a config.json")
+    if not any(path.glob("*.safetensors")):
+        raise MemcalError(f"{path}: no *.safetensors files (memcal never loads pickled .bin weights)")
+
+
+def _from_pretrained(path: Path, workload: Workload, torch_device: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+    kwargs: dict[str, Any] = dict(dtype=TORCH_DTYPES[workload.dtype], device_map=torch_device,
+                                  attn_implementation=ATTN_IMPL[workload.attention],
+                                  use_safetensors=True, trust_remote_code=trust_remote_code)
+    if workload.weights != "none":
+        kwargs["quantization_config"] = _bnb_config(workload)
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def _random(config, workload: Workload, torch_device: str, fake_mode=None):
+    from transformers import AutoModelForCausalLM
+    context = fake_mode if fake_mode is not None else contextlib.nullcontext()
+    with context, torch.device(torch_device):
+        return AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[workload.dtype],
+                                                attn_implementation=config._attn_implementation)
+
+
+def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, weights_path: str | Path | None = None,
+                trust_remote_code: bool = False, seed: int = 0) -> BuiltModel:
+    """Build the model a workload runs on (see the module docstring). Raises MemcalError on bad input."""
+    reason = unsupported_reason(spec, workload, device)
+    if reason:
+        raise MemcalError(reason)
+    torch_device = "cpu" if device == "dry-run" else device
+    notes: list[str] = []
+    fake_mode = None
+    torch.manual_seed(seed)
+    if device == "dry-run":
+        if weights_path is not None:
+            notes.append("dry run: the weights folder gives the config only; weights are fake")
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        fake_mode = FakeTensorMode()
+        model = _random(_config(spec, workload), workload, torch_device, fake_mode)
+    elif weights_path is not None:
+        _check_folder(Path(weights_path))
+        model = _from_pretrained(Path(weights_path), workload, torch_device, trust_remote_code)
+    elif workload.weights != "none":
+        folder = Path(tempfile.mkdtemp(prefix="memcal-random-"))
+        try:  # random weights in the compute dtype, quantized on load like a real checkpoint
+            _random(_config(spec, workload), workload, "cpu").save_pretrained(folder, safe_serialization=True)
+            model = _from_pretrained(folder, workload, torch_device, False)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        notes.append(f"random weights quantized to {workload.weights} on load (bitsandbytes)")
+    else:
+        model = _random(_config(spec, workload), workload, torch_device)
+    model.eval()
+    if spec.is_moe:
+        notes.append(f"MoE experts implementation: {_experts_impl(model)}; on CPU torch's grouped_mm "
+                     "kernel needs 16-byte aligned bf16 inputs, other cases use transformers' fallback")
+    return BuiltModel(model=model, spec=spec, device=device, torch_device=torch_device, dtype=workload.dtype,
+                      weights=workload.weights, double_quant=workload.double_quant, attention=workload.attention,
+                      fake_mode=fake_mode, weight_bytes=storages_bytes(weight_tensors(model)), notes=tuple(notes))
+
+
+def _experts_impl(model) -> str:
+    try:
+        impls = model.get_experts_implementation()
+        return ", ".join(sorted({str(v) for v in impls.values()})) if isinstance(impls, dict) else str(impls)
+    except Exception:  # older transformers, or no experts interface
+        return "unknown"

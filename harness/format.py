@@ -1,0 +1,123 @@
+"""Measurement next to every formula: the comparison (numbers) apart from its display (text, JSON).
+
+`compare(record, estimate)` returns plain numbers: for each formula, each component's prediction
+and its relative error against the measured component. `measurement_text` and `measurement_json`
+only format them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from estimator.format import table
+from estimator.units import GB, GiB, KiB, MiB
+
+from .record import Measurement
+
+COMPONENTS = ("weights", "kv_cache", "activation", "total")
+
+
+def measured_components(record: Measurement) -> dict[str, int | None]:
+    """The measured counterpart of each formula component, in bytes.
+
+    activation = tensor-level peak - weights - final KV cache (the formulas' activation term excludes
+    both); total = the most complete peak this device measured (`Measurement.peak_bytes`).
+    """
+    act = None
+    if record.peak_tensor_bytes is not None and record.weights_bytes is not None:
+        act = max(record.peak_tensor_bytes - record.weights_bytes - (record.kv_cache_bytes or 0), 0)
+    return {"weights": record.weights_bytes, "kv_cache": record.kv_cache_bytes, "activation": act,
+            "total": record.peak_bytes}
+
+
+def relative_error(predicted: int, measured: int | None) -> float | None:
+    if not measured:
+        return None
+    return (predicted - measured) / measured
+
+
+@dataclass(frozen=True)
+class FormulaComparison:
+    formula: str
+    predicted: dict[str, int]
+    errors: dict[str, float | None]
+
+
+def compare(record: Measurement, estimate: Any) -> list[FormulaComparison]:
+    """Every formula's components next to the measured ones, with relative errors."""
+    measured = measured_components(record)
+    out = []
+    for fid, b in (estimate.breakdowns.items() if estimate is not None else ()):
+        predicted = {"weights": b.weights_bytes, "kv_cache": b.kv_cache_bytes, "activation": b.activation_bytes,
+                     "total": b.total_bytes}
+        out.append(FormulaComparison(fid, predicted, {k: relative_error(predicted[k], measured[k]) for k in COMPONENTS}))
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:+.1f}%"
+
+
+UNITS = {"GiB": GiB, "GB": GB, "MiB": MiB, "KiB": KiB}
+
+
+def _size(n: int | None, unit: str) -> str:
+    return "n/a" if n is None else f"{n / UNITS[unit]:,.3f}"
+
+
+def pick_unit(record: Measurement) -> str:
+    """GiB, unless the peak is under 1 GiB (tiny test models): MiB or KiB then."""
+    peak = record.peak_bytes or record.weights_bytes or 0
+    return "GiB" if peak >= GiB else "MiB" if peak >= MiB else "KiB"
+
+
+_MEASURED_LABELS = (
+    ("weights_bytes", "weights (incl. quantization state)"),
+    ("kv_cache_bytes", "KV cache (cache object at the end)"),
+    ("baseline_bytes", "live before the run (weights + inputs)"),
+    ("peak_tensor_bytes", "peak, tensor level (live storages)"),
+    ("activation_bytes", "peak - live before the run"),
+    ("peak_allocated_bytes", "peak, allocator level"),
+    ("peak_reserved_bytes", "peak, reserved / driver"),
+    ("peak_device_bytes", "peak, process level"),
+    ("non_torch_bytes", "non-torch memory (context, libraries)"),
+    ("memory_cap_bytes", "memory cap"),
+)
+
+
+def measurement_text(record: Measurement, estimate: Any = None, unit: str | None = None) -> str:
+    """The `memcal measure` display: what was measured, then one row per formula with errors."""
+    unit = unit or pick_unit(record)
+    wl = record.workload
+    lines = [f"model     {record.model} ({record.family})",
+             f"workload  batch {wl.get('batch')}, prompt {wl.get('prompt_len')}, new {wl.get('new_tokens')}, "
+             f"{wl.get('dtype')}, weights {wl.get('weights')}, {wl.get('attention')}, {wl.get('phase')}, "
+             f"cache {wl.get('cache')}",
+             f"device    {record.device}: {record.env.get('device_name')}",
+             f"status    {record.status}" + (f": {record.message}" if record.message else "")]
+    if record.wall_time_s is not None:
+        lines.append(f"time      {record.wall_time_s:.3f} s (peak at aten.{record.peak_op})")
+    rows = [[label, _size(getattr(record, name), unit), f"{getattr(record, name):,}"]
+            for name, label in _MEASURED_LABELS if getattr(record, name) is not None]
+    lines += ["", f"measured ({unit})", table(rows, ["component", unit, "bytes"], "lrr")]
+    comparisons = compare(record, estimate)
+    if comparisons:
+        measured = measured_components(record)
+        header = ["formula", "weights", "err", "KV", "err", "activations", "err", "total", "err"]
+        rows = [["measured", *sum(([_size(measured[k], unit), ""] for k in COMPONENTS), [])]]
+        for c in comparisons:
+            rows.append([c.formula, *sum(([_size(c.predicted[k], unit), _pct(c.errors[k])] for k in COMPONENTS), [])])
+        lines += ["", f"formulas vs measured ({unit}; err = (predicted - measured) / measured; activations = "
+                      "tensor peak - weights - KV; total vs the most complete measured peak)",
+                  table(rows, header, "l" + "r" * 8)]
+    for note in record.notes:
+        lines.append(f"note      {note}")
+    return "\n".join(lines)
+
+
+def measurement_json(record: Measurement, estimate: Any = None) -> dict[str, Any]:
+    """The record's fields (bytes as ints) plus, per formula, its breakdown and relative errors."""
+    out = record.to_dict()
+    out["formulas"] = {c.formula: {"predicted_bytes": c.predicted, "relative_error": c.errors}
+                       for c in compare(record, estimate)}
+    return out

@@ -1,0 +1,147 @@
+"""Measure one workload: `measure(model, workload, device=...) -> Measurement`.
+
+`measure` = `build_model` + `run_point`. A sweep (a later issue) builds once per group of points that
+share dtype, weights and attention, then calls `run_point` per point. Between points the protocol
+runs gc and empties the device caches, and every number is taken relative to a fresh snapshot; the
+allocator's own state (fragmentation, CPU malloc arenas) still carries over within a process, which
+is why `measure(..., isolate=True)` exists: it runs the point in a fresh process.
+
+Failure is data: an OOM (real, or the tracker's memory cap), an unsupported setting or any other
+exception becomes the record's status, and the process stays usable for the next point. Only bad
+input (an unknown model, an impossible workload) raises MemcalError.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from estimator.errors import MemcalError
+from estimator.spec import ModelSpec, load_spec
+from estimator.workload import Workload
+
+from . import env as env_mod
+from .build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
+from .phases import cache_bytes, make_inputs, run_phase
+from .probes import CudaProbe, Probe, get_probe
+from .protocol import measuring, settle
+from .record import Measurement
+from .tracker import StorageTracker
+
+__all__ = ["measure", "run_point", "build_model", "record_status"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def record_status(spec: ModelSpec, workload: Workload, device: str, status: str, message: str,
+                  **fields: Any) -> Measurement:
+    """A record with no run behind it (unsupported, or a failure while building)."""
+    return Measurement(model=spec.name, family=spec.family, device=device,
+                       workload=dataclasses.asdict(workload), status=status, message=message,
+                       env=env_mod.capture(device), **fields)
+
+
+def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: int | None = None,
+            weights_path: str | None = None, trust_remote_code: bool = False, isolate: bool = False,
+            keep_trace: bool = False) -> Measurement:
+    """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps)."""
+    spec = load_spec(model)
+    if isolate:
+        from .isolate import measure_in_fresh_process
+        return measure_in_fresh_process(spec, workload, device=device, memory_cap=memory_cap,
+                                        weights_path=weights_path, trust_remote_code=trust_remote_code)
+    probe = get_probe(device)
+    reason = probe.unavailable() or unsupported_reason(spec, workload, device)
+    if reason:
+        return record_status(spec, workload, device, "unsupported", reason)
+    try:
+        built = build_model(spec, workload, device, weights_path=weights_path, trust_remote_code=trust_remote_code)
+    except MemcalError:
+        raise
+    except torch.OutOfMemoryError as exc:
+        _cleanup(probe)
+        return record_status(spec, workload, device, "oom", "while building: " + _one_line(exc))
+    except Exception as exc:  # failure is data: a sweep goes on
+        _cleanup(probe)
+        status = "unsupported" if isinstance(exc, ValueError) and "does not support" in str(exc) else "error"
+        return record_status(spec, workload, device, status, "while building: " + _one_line(exc))
+    try:
+        return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace)
+    finally:
+        del built
+        _cleanup(probe)
+
+
+def _cleanup(probe: Probe) -> None:
+    settle(probe)
+
+
+def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None = None, probe: Probe | None = None,
+              keep_trace: bool = False, tracker_out: list | None = None) -> Measurement:
+    """Run one workload on an already built model, under the protocol; return its record.
+
+    ``tracker_out``, if given, receives the StorageTracker (its trace, with ``keep_trace``).
+    """
+    if not built.fits(workload):
+        raise MemcalError(f"the built model runs {built.dtype}/{built.weights}/{built.attention}; "
+                          f"this workload needs {workload.dtype}/{workload.weights}/{workload.attention}: build again")
+    spec, device = built.spec, built.device
+    probe = probe or get_probe(device, built.fake_mode)
+    if probe.fake and getattr(probe, "fake_mode", None) is None:
+        probe.fake_mode = built.fake_mode
+    reason = unsupported_reason(spec, workload, device)
+    if reason:
+        return record_status(spec, workload, device, "unsupported", reason)
+    if isinstance(probe, CudaProbe):
+        probe.warm_up(TORCH_DTYPES[workload.dtype])
+    tracker = StorageTracker(device_type=torch.device(built.torch_device).type, cap_bytes=memory_cap,
+                             keep_trace=keep_trace)
+    if tracker_out is not None:
+        tracker_out.append(tracker)
+    common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
+    input_ids = make_inputs(built, workload)
+    tracker.track(built.tensors(), "weights")
+    tracker.track([input_ids], "inputs")
+    if memory_cap is not None and tracker.live_bytes > memory_cap:
+        return record_status(spec, workload, device, "oom",
+                             f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
+                             f"({memory_cap:,} bytes)", baseline_bytes=tracker.live_bytes,
+                             peak_tensor_bytes=tracker.live_bytes, **common)
+    status, message, output = "ok", "", None
+    session = None
+    try:
+        with measuring(probe, tracker) as session:
+            output = run_phase(built, workload, input_ids)
+    except torch.OutOfMemoryError as exc:
+        status, message = "oom", _one_line(exc)
+    except Exception as exc:  # failure is data
+        status, message = _classify(exc, built)
+    kv = cache_bytes(output.cache) if output is not None else None
+    notes = list(built.notes)
+    if device == "dry-run" and spec.is_moe and status != "ok":
+        notes.append("dry-run MoE: transformers' expert routing reads token counts unless grouped_mm runs (bf16)")
+    record = Measurement(
+        model=spec.name, family=spec.family, device=device, workload=dataclasses.asdict(workload),
+        status=status, message=message, kv_cache_bytes=kv,
+        baseline_bytes=session.baseline_bytes if session else None,
+        peak_tensor_bytes=session.peak_tensor_bytes if session else None,
+        activation_bytes=session.activation_bytes if session else None,
+        wall_time_s=round(session.wall_time_s, 6) if session else None, peak_op=session.peak_op if session else "",
+        notes=tuple(notes), env=env_mod.capture(device),
+        **{k: v for k, v in (session.peaks if session else {}).items()}, **common)
+    del output, input_ids
+    return record
+
+
+def _classify(exc: Exception, built: BuiltModel) -> tuple[str, str]:
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+    if isinstance(exc, (DataDependentOutputException, DynamicOutputShapeException)):
+        return "unsupported", (f"dry run: the model reads tensor data ({exc.func}) to decide shapes; "
+                               "fake tensors have none (MoE routing: try --dtype bf16)")
+    if "out of memory" in str(exc).lower():  # MPS and some CUDA paths raise RuntimeError, not OutOfMemoryError
+        return "oom", _one_line(exc)
+    return "error", _one_line(exc)

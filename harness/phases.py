@@ -1,0 +1,176 @@
+"""The phases a point runs: prefill (one forward) and generate (model.generate, exactly N tokens).
+
+prefill: ``model(input_ids, use_cache=True, attention_mask=None)``, a plain forward: logits for
+every position, in the compute dtype. ``attention_mask=None`` because there is no padding (and
+under fake tensors transformers would otherwise build a full 4-D mask).
+
+generate: ``model.generate(input_ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)``, the
+cache implementation of the workload, peak over the whole call.
+
+The dry run of generate runs transformers' own ``generate`` under FakeTensorMode, so every
+allocation it makes (special-token tensors, the attention mask and its growth, position ids, the
+fp32 copy of the last-token logits, argmax, the cat of input ids, cache growth) is the real one.
+It only reads data at a handful of sanity checks; `ScalarOracle` answers them as a well-formed,
+unpadded prompt would (``all`` -> True, ``any``/comparisons -> False) and the stop check is answered
+from the token count. Any other data-dependent read (e.g. MoE routing counts) stays an error, so a
+dry run never guesses a number that shapes memory. tests/test_dryrun.py proves the result equal,
+to the byte, to a real CPU run of the same tiny model.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from estimator.errors import MemcalError
+from estimator.workload import Workload
+
+from .build import BuiltModel
+from .tracker import storages_bytes
+
+__all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput"]
+
+# Bool reductions whose answer is known for a well-formed unpadded prompt: "is every mask entry 1?"
+_TRUE_WHEN_WELL_FORMED = {"all"}
+_BOOL_PRODUCERS = {"all", "any", "eq", "ne", "gt", "lt", "ge", "le", "isin", "logical_not", "bitwise_not"}
+
+
+@dataclass
+class PhaseOutput:
+    """What a run leaves for the record: the cache object (for KV bytes) and the output length."""
+
+    cache: Any
+    output_len: int
+
+
+def _special_ids(model) -> set[int]:
+    ids: set[int] = set()
+    for source in (model.config, getattr(model, "generation_config", None)):
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            value = getattr(source, name, None) if source is not None else None
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(v, int):
+                    ids.add(v)
+    return ids
+
+
+def make_inputs(built: BuiltModel, workload: Workload, seed: int = 0) -> torch.Tensor:
+    """Prompt token ids (batch x prompt_len, int64) on the model's device; no special tokens in them."""
+    shape = (workload.batch, workload.prompt_len)
+    if built.fake_mode is not None:
+        with built.fake_mode:
+            return torch.zeros(shape, dtype=torch.long, device=built.torch_device)
+    vocab = built.model.config.get_text_config().vocab_size
+    special = _special_ids(built.model)
+    safe = next(i for i in range(vocab) if i not in special)
+    ids = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+    for tok in special:
+        ids[ids == tok] = safe
+    return ids.to(built.torch_device)
+
+
+def cache_bytes(cache: Any) -> int | None:
+    """Distinct storages behind the cache's tensors (a sliding-window view keeps its full storage)."""
+    if cache is None:
+        return None
+    tensors: list[torch.Tensor] = []
+    for layer in getattr(cache, "layers", None) or []:
+        tensors.extend(v for v in vars(layer).values() if isinstance(v, torch.Tensor))
+    if not tensors:  # a legacy tuple cache
+        flat, _ = torch.utils._pytree.tree_flatten(cache)
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+    return storages_bytes(tensors)
+
+
+class ScalarOracle(TorchDispatchMode):
+    """Answers generate's data-dependent sanity checks under fake tensors (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[tuple[str, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            producer = getattr(args[0], "_memcal_op", None)
+            if producer is None:  # not a known check: never guess a value that could shape memory
+                return func(*args, **(kwargs or {}))  # FakeTensorMode raises DataDependentOutputException
+            answer = producer in _TRUE_WHEN_WELL_FORMED
+            self.answers.append((producer, answer))
+            return answer
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.numel() == 1 and name in _BOOL_PRODUCERS:
+            out._memcal_op = name
+        return out
+
+
+def _stop_check_patch(total_len: int):
+    """generate's stop check, answered from the token count; it allocates what the real one does."""
+    from transformers.generation import utils as gen_utils
+    if not hasattr(gen_utils, "StopCheck"):
+        raise MemcalError("dry-run generate needs transformers' StopCheck (transformers >= 5.20)")
+
+    def stop(self, unfinished_sequences, tokens, length):
+        flag = unfinished_sequences.max() == 0  # the real check's allocations, without reading them
+        del flag
+        return length >= total_len
+    return mock.patch.object(gen_utils.StopCheck, "__call__", stop)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """generate warns about pad tokens and unused sampling flags on every call: noise here."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def dry_run_context(built: BuiltModel, workload: Workload) -> contextlib.AbstractContextManager:
+    """Entered inside the fake mode and outside the tracker, for a dry run's generate only."""
+    stack = contextlib.ExitStack()
+    if built.fake_mode is not None and workload.phase == "generate":
+        stack.enter_context(_stop_check_patch(workload.total_len))
+        stack.enter_context(ScalarOracle())
+    return stack
+
+
+class _CacheCatcher:
+    """Forward pre-hook that keeps the cache generate passes in (generate does not return it)."""
+
+    def __init__(self) -> None:
+        self.cache = None
+
+    def __call__(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if cache is not None:
+            self.cache = cache
+
+
+def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) -> PhaseOutput:
+    """Run the workload's phase; call inside the measurement protocol."""
+    model = built.model
+    with torch.no_grad(), _quiet_transformers():
+        if workload.phase == "prefill":
+            out = model(input_ids=input_ids, attention_mask=None, use_cache=True)
+            cache = out.past_key_values
+            del out  # the logits were live at the peak; the cache lives on in `cache`
+            return PhaseOutput(cache, input_ids.shape[1])
+        catcher = _CacheCatcher()
+        handle = model.register_forward_pre_hook(catcher, with_kwargs=True)
+        try:
+            with dry_run_context(built, workload):
+                sequences = model.generate(
+                    input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
+                    do_sample=False, cache_implementation=workload.cache, num_beams=1)
+        finally:
+            handle.remove()
+        return PhaseOutput(catcher.cache, sequences.shape[1])

@@ -1,0 +1,144 @@
+"""Tensor-level memory: a TorchDispatchMode that counts live tensor storages.
+
+Every tensor an aten op returns is looked at once: its storage is counted the first time it is seen
+(however many views share it) and subtracted when Python frees it (a weakref callback on the storage
+object, which PyTorch keeps unique per storage). Storages that exist before the run (weights, inputs)
+are registered with `track`. The same code works on real tensors (cpu, cuda, mps) and on fake ones
+(FakeTensorMode: nothing is allocated, the storage objects still carry their sizes), which is what
+makes the dry run's number comparable to a real run's.
+
+What this does *not* see: kernel scratch buffers that never become tensors (the fp32 buffer of a
+bf16 matmul on CPU, cuBLAS workspaces, flash-attention workspace), allocator rounding and caching.
+Those are the allocator-level probes' job (`probes.py`).
+
+An optional cap turns "live bytes passed N" into torch.OutOfMemoryError, so OOM handling can be
+tested without a GPU and a dry run can answer "does it fit in 24 GiB".
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["StorageTracker", "TraceEvent", "storages_bytes"]
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One change of the live total (only recorded when the tracker is asked to keep a trace)."""
+
+    op: str
+    delta_bytes: int
+    live_bytes: int
+
+
+def _storage_of(t: torch.Tensor):
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse, nested, or a subclass without storage
+        return None
+
+
+def storages_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors` (a storage shared by views counted once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        st = _storage_of(t)
+        if st is not None:
+            seen[st._cdata] = st.nbytes()
+    return sum(seen.values())
+
+
+class StorageTracker(TorchDispatchMode):
+    """Counts the bytes of live tensor storages on one device type; keeps the peak.
+
+    ``device_type`` limits the count to tensors on that device ("cpu", "cuda", "mps"); a CUDA run's
+    host-side scalars do not count. ``cap_bytes`` raises torch.OutOfMemoryError when live bytes
+    would pass it (the op's outputs are dropped, so their storages are freed and the count stays
+    right). ``keep_trace`` records every change, for debugging a disagreement between two runs.
+    """
+
+    def __init__(self, device_type: str = "cpu", cap_bytes: int | None = None, keep_trace: bool = False):
+        super().__init__()
+        self.device_type = device_type
+        self.cap_bytes = cap_bytes
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self.peak_op = ""
+        self.trace: list[TraceEvent] | None = [] if keep_trace else None
+        self._refs: dict[int, tuple[weakref.ref, int]] = {}
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def _change(self, delta: int, op: str) -> None:
+        self.live_bytes += delta
+        if self.trace is not None and delta:
+            self.trace.append(TraceEvent(op, delta, self.live_bytes))
+        if self.live_bytes > self.peak_bytes:
+            self.peak_bytes = self.live_bytes
+            self.peak_op = op
+
+    def _freed(self, key: int) -> None:
+        entry = self._refs.pop(key, None)
+        if entry is not None:
+            self._change(-entry[1], "free")
+
+    def _see(self, t: torch.Tensor, op: str) -> None:
+        if t.device.type != self.device_type:
+            return
+        st = _storage_of(t)
+        if st is None:
+            return
+        key, nbytes = st._cdata, st.nbytes()
+        entry = self._refs.get(key)
+        if entry is not None and entry[0]() is st:
+            if nbytes != entry[1]:  # resized in place (resize_, out= ops)
+                self._refs[key] = (entry[0], nbytes)
+                self._change(nbytes - entry[1], op)
+            return
+        ref = weakref.ref(st, lambda _r, key=key, tracker=weakref.ref(self): _call_freed(tracker, key, _r))
+        self._refs[key] = (ref, nbytes)
+        self._change(nbytes, op)
+
+    def track(self, tensors: Iterable[torch.Tensor], label: str = "track") -> int:
+        """Register tensors that exist already (weights, buffers, inputs); returns bytes added."""
+        before = self.live_bytes
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self._see(t, label)
+        return self.live_bytes - before
+
+    def track_module(self, module: torch.nn.Module) -> int:
+        return self.track(list(module.parameters()) + list(module.buffers()), "weights")
+
+    def reset_peak(self) -> None:
+        self.peak_bytes = self.live_bytes
+        self.peak_op = "reset"
+
+    # --- the dispatch hook -----------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = str(func.overloadpacket.__name__)
+        flat, _ = tree_flatten(out)
+        for t in flat:
+            if isinstance(t, torch.Tensor):
+                self._see(t, name)
+        if self.cap_bytes is not None and self.live_bytes > self.cap_bytes:
+            live = self.live_bytes
+            out = flat = t = None  # drop the outputs now, so the count is right when the error propagates
+            raise torch.OutOfMemoryError(
+                f"memcal memory cap: {live:,} live tensor bytes would pass the cap of {self.cap_bytes:,} bytes "
+                f"(at aten.{name})")
+        return out
+
+
+def _call_freed(tracker_ref: weakref.ref, key: int, ref: weakref.ref) -> None:
+    tracker = tracker_ref()
+    if tracker is None:
+        return
+    entry = tracker._refs.get(key)
+    if entry is not None and entry[0] is ref:  # not a newer storage that reused the address
+        tracker._freed(key)
