@@ -185,6 +185,9 @@ def activation_bytes(spec: ModelSpec, w: Workload, c: Coefficients = DEFAULT) ->
         step = _layer_transients(spec, w, 1, ctx, c)
         grow = 0 if w.cache == "static" else one_layer
         candidates["decode step"] = max(step.values()) + grow + b * v * (e + 4 * c.decode_logits_fp32)
+    # The int64 input ids live through the whole run (generate's grow by one token a step).
+    ids = b * (w.total_len if w.phase == "generate" else s) * INT64
+    candidates = {k: x + ids for k, x in candidates.items()}
     where = max(candidates, key=candidates.get)
     value = candidates[where] * c.activation_scale + c.activation_offset_bytes
     return max(round(value), 0), where

@@ -1,0 +1,73 @@
+"""memcal's formula against the storage tracker on real CPU runs (transformers 5.x).
+
+Known answers from measurement: weights and KV cache are exact for every family and precision; the
+prefill peak of a Llama-style model is exact to the byte for fp32/bf16 x eager/sdpa, whichever part
+of the forward sets it (MLP, eager attention, logits).
+"""
+from __future__ import annotations
+
+import pytest
+
+from estimator import Workload
+from estimator.formulas import memcal
+from estimator.spec import load_spec
+from harness.measure import measure
+from tests.harness_helpers import quiet, tiny
+
+quiet()
+LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+             num_attention_heads=8, num_key_value_heads=2, vocab_size=1000, max_position_embeddings=4096)
+
+
+@pytest.mark.parametrize("dtype, attention, seq, vocab, where", [
+    ("fp32", "sdpa", 128, 32000, "logits"),
+    ("fp32", "sdpa", 128, 1000, "mlp"),
+    ("bf16", "sdpa", 128, 1000, "mlp"),
+    ("fp32", "eager", 128, 1000, "mlp"),
+    ("fp32", "eager", 512, 1000, "attention"),
+    ("bf16", "eager", 512, 1000, "attention"),
+    ("fp32", "sdpa", 512, 1000, "mlp"),
+])
+def test_llama_prefill_peak_is_exact(dtype, attention, seq, vocab, where):
+    config = {**LLAMA, "vocab_size": vocab}
+    w = Workload(batch=2, prompt_len=seq, dtype=dtype, attention=attention)
+    m = measure(config, w, device="cpu")
+    b = memcal.estimate(load_spec(config), w)
+    assert m.status == "ok", m.message
+    assert b.notes[0] == f"peak set by: {where}"
+    assert (b.weights_bytes, b.kv_cache_bytes) == (m.weights_bytes, m.kv_cache_bytes)
+    assert b.total_bytes == m.peak_tensor_bytes
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "phi3", "gemma", "gemma2", "mixtral"])
+@pytest.mark.parametrize("phase", ["prefill", "generate"])
+def test_weights_and_kv_are_exact_for_every_family(family, phase):
+    config = tiny(family)
+    w = Workload(batch=2, prompt_len=24, new_tokens=5 if phase == "generate" else 0, dtype="bf16",
+                 attention="eager")
+    m = measure(config, w, device="dry-run")
+    assert m.status == "ok", m.message
+    spec = load_spec(config)
+    assert memcal.weight_bytes(spec, w) == m.weights_bytes
+    assert memcal.kv_cache_bytes(spec, w) == m.kv_cache_bytes
+
+
+@pytest.mark.parametrize("weights, double_quant", [("int8", False), ("nf4", False), ("nf4", True), ("fp4", False)])
+def test_quantized_weights_are_exact(weights, double_quant):
+    config = tiny("llama")
+    w = Workload(batch=1, prompt_len=8, dtype="fp16" if weights == "int8" else "bf16", weights=weights,
+                 double_quant=double_quant)
+    m = measure(config, w, device="cpu")
+    assert m.status == "ok", m.message
+    assert memcal.weight_bytes(load_spec(config), w) == m.weights_bytes
+
+
+def test_static_and_sliding_caches_are_exact():
+    config = tiny("mistral", sliding_window=8)
+    for w in (Workload(batch=2, prompt_len=20, dtype="fp32"),
+              Workload(batch=2, prompt_len=20, new_tokens=5, dtype="fp32"),
+              Workload(batch=2, prompt_len=20, new_tokens=5, dtype="fp32", cache="static"),
+              Workload(batch=2, prompt_len=20, new_tokens=5, dtype="fp32", cache="static").with_(dtype="bf16")):
+        m = measure(config, w, device="cpu")
+        assert m.status == "ok", m.message
+        assert memcal.kv_cache_bytes(load_spec(config), w) == m.kv_cache_bytes, w.describe()
