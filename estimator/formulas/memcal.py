@@ -50,15 +50,16 @@ class Coefficients:
     """
 
     residual_streams: float = 4.0         # MLP: embeddings output, layer input, residual, normed input
+                                          # (Llama-like families; `Shape` adds a family's own streams)
     attention_residual_streams: float = 3.0  # attention: embeddings output, layer input, normed input
     mlp_intermediates: float = 3.0        # gated MLP: act(gate), up, act(gate)*up alive together
-    gelu_mlp_intermediates: float = 3.0   # plain MLP (GPT-2): fc output and the GELU's temporaries
-    attention_streams: float = 3.0        # b·s·heads·head_dim tensors: q, k and v repeated to all heads
+    attention_streams: float = 3.0        # eager: q, and k and v repeated to all heads (b·s·heads·head_dim)
     eager_scores_bytes_fp32: float = 8.0  # fp32 eager: matmul output and its scaled copy
     eager_scores_bytes_half: float = 10.0  # fp16/bf16 eager: scores, masked scores, fp32 softmax
     eager_probs_kept: float = 1.0         # eager: attention probabilities still referenced during the MLP
     logits_streams: float = 1.0           # b·s·vocab logits in the compute dtype (all positions in a forward)
     decode_logits_fp32: float = 1.0       # generate's fp32 copy of the last position's logits
+    processor_copies: float = 3.0         # fp32 b·vocab outputs of the logits processors (min-new-tokens)
     activation_scale: float = 1.0         # calibration: multiplies the activation term
     activation_offset_bytes: int = 0      # calibration: added to the activation term
     overhead_bytes: int = 0               # calibration: CUDA context, allocator slack, workspaces
@@ -146,48 +147,167 @@ def kv_cache_bytes(spec: ModelSpec, workload: Workload) -> int:
 
 
 # --- activations --------------------------------------------------------------------------------
+# Special-token ids (bos, eos, pad) that transformers' config classes default to, where a config is silent.
+_TOKEN_DEFAULTS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None),
+                   "gemma": (2, 1, 0), "gemma2": (2, 1, 0), "phi3": (1, 32000, 32000),
+                   "gpt2": (50256, 50256, None), "gpt_bigcode": (50256, 50256, None)}
+
+
+def _special_ids(spec: ModelSpec) -> list:
+    defaults = _TOKEN_DEFAULTS.get(spec.family, (None, None, None))
+    return [spec.config.get(key, default) for key, default in
+            zip(("bos_token_id", "eos_token_id", "pad_token_id"), defaults)]
+
+
+def generate_scalars(spec: ModelSpec) -> int:
+    """generate turns each special-token id into an int64 scalar tensor, plus a bool when there is an eos."""
+    ids = _special_ids(spec)
+    return INT64 * sum(i is not None for i in ids) + (1 if ids[1] is not None else 0)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a family's forward keeps alive, read off the storage tracker (transformers 5.x).
+
+    ``mlp_streams``: b·s·hidden tensors alive during a layer's MLP; ``mlp_intermediates``: b·s·I
+    tensors at the MLP's peak; ``qkv_streams``: b·s·heads·head_dim tensors alive in eager attention
+    besides the fused projection (q and the keys and values repeated to every head);
+    ``fused_qkv``: a fused q/k/v projection output stays alive; ``learned_positions``: a position
+    embedding table (s·hidden, not batched) instead of rotary cos/sin; ``half_softmax_fp32``: eager
+    softmax runs in fp32 for fp16/bf16 inputs.
+    """
+
+    mlp_streams: int = 4
+    mlp_intermediates: int = 3
+    qkv_streams: int = 3
+    fused_qkv: bool = False
+    learned_positions: bool = False
+    half_softmax_fp32: bool = True
+
+
+SHAPES = {
+    # embeddings output, layer input, attention output (kept), residual, normed input; gelu_new's 4 temporaries
+    "gpt2": Shape(mlp_streams=5, mlp_intermediates=4, qkv_streams=0, fused_qkv=True, learned_positions=True,
+                  half_softmax_fp32=False),
+    # multi-query c_attn (q + one key and value head); a fused tanh GELU: fc output and its activation
+    "gpt_bigcode": Shape(mlp_streams=5, mlp_intermediates=2, qkv_streams=0, fused_qkv=True, learned_positions=True),
+    # fused qkv_proj and gate_up_proj outputs outlive their views
+    "phi3": Shape(mlp_intermediates=4, qkv_streams=3, fused_qkv=True),
+}
+LLAMA_LIKE = Shape()  # embeddings output, layer input, residual, normed input; act(gate), up, their product
+
+
+def _moe_mlp(spec: ModelSpec, tokens: int, e: int) -> float:
+    """Mixtral's grouped-GEMM experts over `tokens` tokens, beyond the residual streams: router logits,
+    top-k weights (fp32) and indices (int64), the routing sort, the gathered hidden states, and per
+    routed token the gate_up output (2·I), act(gate) and the product."""
+    routed = tokens * spec.experts_per_token
+    return (tokens * spec.num_experts * e + routed * (4 + INT64 + 2 * INT64 + 2 * 4)
+            + routed * (spec.hidden_size + 4 * spec.intermediate_size) * e + 2 * 4 * spec.num_experts)
+
+
 def _layer_transients(spec: ModelSpec, w: Workload, tokens: int, ctx: int, c: Coefficients) -> dict[str, float]:
     """Bytes alive above weights and cache during one layer over `tokens` new positions of `ctx`."""
     b, e, h = w.batch, w.dtype_bytes, spec.hidden_size
-    inter = spec.intermediate_size * (spec.experts_per_token or 1)
-    k = c.gelu_mlp_intermediates if spec.family in ("gpt2", "gpt_bigcode") else c.mlp_intermediates
-    # Rotary models keep cos and sin (tokens x head_dim, compute dtype) and int64 position ids alive.
-    rope = 0 if spec.family in ("gpt2", "gpt_bigcode") else tokens * (2 * spec.head_dim * e + 8)
-    out = {"mlp": rope + b * tokens * (c.residual_streams * h + k * inter) * e}
-    attn = rope + b * tokens * (c.attention_residual_streams * h
-                                + c.attention_streams * spec.num_heads * spec.head_dim) * e
+    shape = SHAPES.get(spec.family, LLAMA_LIKE)
+    heads, hd = spec.num_heads, spec.head_dim
+    # Positions: rotary cos/sin (compute dtype) or a learned table, and the int64 position ids; generate
+    # computes position ids per sequence from its attention mask, so they are batched there.
+    rows = b if w.phase == "generate" else 1
+    if shape.learned_positions:
+        pos = rows * tokens * (h * e + INT64)
+    else:
+        pos = rows * tokens * (2 * hd * e + INT64)
+    if spec.is_moe:
+        mlp = b * tokens * c.residual_streams * h * e + _moe_mlp(spec, b * tokens, e)
+    else:
+        streams = c.residual_streams + shape.mlp_streams - LLAMA_LIKE.mlp_streams
+        inter = c.mlp_intermediates + shape.mlp_intermediates - LLAMA_LIKE.mlp_intermediates
+        mlp = b * tokens * (streams * h + inter * spec.intermediate_size) * e
+    fused = b * tokens * (heads + 2 * spec.num_kv_heads) * hd * e if shape.fused_qkv else 0
+    attn = b * tokens * (c.attention_residual_streams * h
+                         + c.attention_streams * shape.qkv_streams / 3 * heads * hd) * e + fused
     if w.attention == "eager":
-        per_score = c.eager_scores_bytes_fp32 if e == 4 else c.eager_scores_bytes_half
-        mask = b * tokens * ctx * e  # the 4-D float mask lives through the whole forward
-        attn += b * spec.num_heads * tokens * ctx * per_score + mask
+        if e == 4:
+            per_score = c.eager_scores_bytes_fp32
+        else:
+            per_score = c.eager_scores_bytes_half if shape.half_softmax_fp32 else 2 * e
+        # One 4-D float mask per kind of layer (full, sliding) lives through the whole forward.
+        masks = len(set(spec.layer_types)) * b * tokens * ctx * e
+        attn += b * heads * tokens * ctx * per_score + masks
         # The layer keeps the returned attention probabilities (`hidden, _ = self_attn(...)`) during its MLP.
-        out["mlp"] += mask + c.eager_probs_kept * b * spec.num_heads * tokens * ctx * e
-    out["attention"] = attn
+        mlp += masks + c.eager_probs_kept * b * heads * tokens * ctx * e
+    return {"mlp": pos + mlp, "attention": pos + attn}
+
+
+def _logit_softcap(spec: ModelSpec) -> float | None:
+    """Gemma 2's final logit soft-capping (tanh(logits / cap) * cap); Gemma2Config's default is 30."""
+    return spec.config.get("final_logit_softcapping", 30.0 if spec.family == "gemma2" else None)
+
+
+def _prefill(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]:
+    """A plain forward over the prompt: every position's logits, the input ids."""
+    b, e, s = w.batch, w.dtype_bytes, w.prompt_len
+    out = _layer_transients(spec, w, s, s, c)
+    streams = c.logits_streams + (1 if _logit_softcap(spec) else 0)  # logits / cap, alive beside the logits
+    out["logits"] = b * s * (streams * spec.vocab_size + spec.hidden_size) * e
+    return {k: x + b * s * INT64 for k, x in out.items()}
+
+
+def _generate(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]:
+    """generate (greedy, min_new_tokens = N): the prompt's forward and the processing of its logits,
+    the last decode step's forward and the processing of its logits."""
+    b, e, s, v, h = w.batch, w.dtype_bytes, w.prompt_len, spec.vocab_size, spec.hidden_size
+    static = w.cache == "static"
+    # One step's logits (last position, compute dtype) and their processing: the fp32 copy, and with
+    # an eos token the min-new-tokens processor's outputs (where, clone, where), an int64 arange and
+    # a bool mask over the vocabulary. Without a processor the fp32 copy is the step's scores.
+    logits = b * v * e
+    processors = _special_ids(spec)[1] is not None
+    processing = b * v * 4 * c.decode_logits_fp32
+    if processors:
+        processing += b * v * 4 * c.processor_copies + v * (INT64 + 1) + 4
+    # The prompt's forward runs with the prompt's cache, smaller than the final one (a static cache
+    # is preallocated whole, and attends over its whole length). It holds the input ids, their
+    # contiguous copy, the special-token scalars and the unfinished-sequence flags.
+    shortfall = 0 if static else \
+        kv_cache_bytes(spec, w) - kv_cache_bytes(spec, w.with_(new_tokens=0, phase="prefill"))
+    fixed = generate_scalars(spec) - shortfall
+    prompt_ids = 2 * b * s * INT64 + b * INT64 + fixed
+    ctx = w.kv_len if static else s
+    out = {k: x + prompt_ids + _static_mask(spec, w, s) for k, x in _layer_transients(spec, w, s, ctx, c).items()}
+    out["logits"] = b * s * h * e + logits + prompt_ids
+    out["logits processing"] = logits + processing + prompt_ids
+    if w.new_tokens < 2:
+        return out
+    # Last decode step: the previous step's fp32 copy (and scores) are still referenced during the
+    # forward (generate deletes the step's outputs, logits included, at the end of each step), its
+    # scores during the processing; in a dynamic cache one layer's old keys stay alive while
+    # torch.cat builds the new ones; the input ids grow by one token; a static cache's mask persists.
+    ctx = w.kv_len
+    step_ids = 2 * b * s * INT64 + b * (2 * w.total_len - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
+    grow = 0 if static else b * spec.num_kv_heads * spec.head_dim * max(ctx - 1, 0) * w.kv_bytes
+    layer = max(_layer_transients(spec, w, 1, ctx, c).values()) + grow
+    previous = b * v * 4 * (c.decode_logits_fp32 + (1 if processors else 0))
+    mask = _static_mask(spec, w, 1)
+    out["decode step"] = previous + max(layer, b * h * e + logits) + mask + step_ids
+    out["decode processing"] = b * v * 4 + logits + processing + mask + step_ids
     return out
 
 
+def _static_mask(spec: ModelSpec, w: Workload, tokens: int) -> int:
+    """A static cache is masked over its whole length, one mask per kind of layer (a sliding layer's
+    cache is at most its window): SDPA with a boolean mask; eager with a float one, which the
+    attention term counts inside the forward (here: a decode step's, which persists)."""
+    if w.cache != "static" or (w.attention == "eager" and tokens > 1):
+        return 0
+    lengths = {t: p for t, p in zip(spec.layer_types, kv_positions(spec, w))}
+    return w.batch * tokens * sum(lengths.values()) * (w.dtype_bytes if w.attention == "eager" else 1)
+
+
 def activation_bytes(spec: ModelSpec, w: Workload, c: Coefficients = DEFAULT) -> tuple[int, str]:
-    """Activation bytes at the peak and which part of the run sets it."""
-    b, e, s, v, h = w.batch, w.dtype_bytes, w.prompt_len, spec.vocab_size, spec.hidden_size
-    candidates = _layer_transients(spec, w, s, s, c)
-    if w.phase == "prefill":
-        candidates["logits"] = b * s * (c.logits_streams * v + h) * e
-    else:
-        candidates["logits"] = b * s * h * e + b * v * (e + 4 * c.decode_logits_fp32)
-        # The prompt's forward runs with the prompt's cache, smaller than the final one.
-        # (A static cache is preallocated whole before the prompt runs.)
-        shortfall = 0 if w.cache == "static" else \
-            kv_cache_bytes(spec, w) - kv_cache_bytes(spec, w.with_(new_tokens=0, phase="prefill"))
-        candidates = {k: x - shortfall for k, x in candidates.items()}
-        # Last decode step: one layer's old keys alive while torch.cat builds the new ones.
-        ctx = w.kv_len
-        one_layer = b * spec.num_kv_heads * spec.head_dim * max(ctx - 1, 0) * w.kv_bytes
-        step = _layer_transients(spec, w, 1, ctx, c)
-        grow = 0 if w.cache == "static" else one_layer
-        candidates["decode step"] = max(step.values()) + grow + b * v * (e + 4 * c.decode_logits_fp32)
-    # The int64 input ids live through the whole run (generate's grow by one token a step).
-    ids = b * (w.total_len if w.phase == "generate" else s) * INT64
-    candidates = {k: x + ids for k, x in candidates.items()}
+    """Activation bytes at the peak (above weights and the final cache) and which part sets it."""
+    candidates = _prefill(spec, w, c) if w.phase == "prefill" else _generate(spec, w, c)
     where = max(candidates, key=candidates.get)
     value = candidates[where] * c.activation_scale + c.activation_offset_bytes
     return max(round(value), 0), where
