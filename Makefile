@@ -15,9 +15,19 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 install: $(STAMP)
 
+# The whole loop on the embedded default, no GPU: measure (a small CPU sweep and a dry-run sweep of one
+# catalogue model), fit a calibration profile, write the accuracy report, plan a capacity with it.
+DEMO_OUT ?= build/demo
 demo: $(STAMP)
-	$(BIN)/memcal estimate $(DEMO_MODEL) --batch 4 --seq 8192 --dtype bf16
-	$(BIN)/memcal estimate $(DEMO_MODEL) --batch 4 --seq 8192 --dtype bf16 --weights nf4 --new-tokens 256
+	rm -rf $(DEMO_OUT)
+	$(BIN)/memcal sweep experiments/cpu-smoke.toml --out $(DEMO_OUT)/cpu-smoke.jsonl
+	$(BIN)/memcal sweep experiments/demo-dryrun.toml --out $(DEMO_OUT)/demo-dryrun.jsonl
+	$(BIN)/memcal fit $(DEMO_OUT)/cpu-smoke.jsonl $(DEMO_OUT)/demo-dryrun.jsonl --out $(DEMO_OUT)/calibration.json
+	$(BIN)/memcal report $(DEMO_OUT)/cpu-smoke.jsonl $(DEMO_OUT)/demo-dryrun.jsonl \
+		--calibration $(DEMO_OUT)/calibration.json --out $(DEMO_OUT)/report --name demo
+	$(BIN)/memcal plan $(DEMO_MODEL) --memory 24GiB --seq 8192 --calibration $(DEMO_OUT)/calibration.json
+	@echo ""
+	@echo "report: $(DEMO_OUT)/report/report.html (Markdown: $(DEMO_OUT)/report/report.md)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -31,6 +31,7 @@ class Estimate:
     options: Options
     breakdowns: dict[str, Breakdown] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    calibration: Any = None  # the `estimator.calibration.Calibration` applied, if any
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,9 @@ class Estimate:
             "workload": {k: getattr(self.workload, k) for k in self.workload.__dataclass_fields__},
             "formulas": {fid: b.to_dict() for fid, b in self.breakdowns.items()},
             "warnings": list(self.warnings),
+            **({"calibration": {"name": self.calibration.name, "path": self.calibration.path,
+                                "formulas": {fid: self.calibration.factors(fid).to_dict() for fid in self.breakdowns}}}
+               if self.calibration is not None else {}),
         }
 
     def to_frame(self):
@@ -63,11 +67,14 @@ def check_workload(spec: ModelSpec, workload: Workload) -> list[str]:
 
 def estimate(model: Any, workload: Workload | None = None, *, formulas: Iterable[str] | None = None,
              options: Options | None = None, params: int | None = None, os: str = "linux",
-             seq: int | None = None, **workload_kwargs: Any) -> Estimate:
+             seq: int | None = None, calibration: Any = None, **workload_kwargs: Any) -> Estimate:
     """Predict memory for `model` (anything `load_spec` accepts) with each formula.
 
     Workload fields may be given as keywords (``batch``, ``seq``/``prompt_len``, ``new_tokens``,
     ``dtype``, ``weights``, ``kv_dtype``, ``attention``, ``phase``, ``cache``, ``double_quant``).
+    ``calibration`` (a profile path, its JSON object or a loaded `Calibration`, written by
+    `memcal fit`) corrects each formula's activation and overhead terms; formulas it does not
+    cover are left as they are.
     """
     spec = load_spec(model)
     if workload is None:
@@ -81,5 +88,11 @@ def estimate(model: Any, workload: Workload | None = None, *, formulas: Iterable
     notes = check_workload(spec, workload)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    return Estimate(spec, workload, options, {f.id: f.estimate(spec, workload, options) for f in chosen},
-                    tuple(notes))
+    if calibration is None:
+        breakdowns = {f.id: f.estimate(spec, workload, options) for f in chosen}
+    else:
+        from .calibration import calibrated_breakdown, load_calibration
+        calibration = load_calibration(calibration)
+        breakdowns = {f.id: calibrated_breakdown(f, spec, workload, options, calibration.factors(f.id))
+                      for f in chosen}
+    return Estimate(spec, workload, options, breakdowns, tuple(notes), calibration)

@@ -192,12 +192,28 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
     else:
         model = _random(_config(spec, workload), workload, torch_device)
     model.eval()
+    if _warm_bnb_cpu(model, workload, torch_device):
+        notes.append("bitsandbytes repacked the 4-bit weights for its CPU kernel on a warm-up forward "
+                     "(absmax in bf16, double quantization undone); weights are measured after it")
     if spec.is_moe:
         notes.append(f"MoE experts implementation: {_experts_impl(model)}; on CPU torch's grouped_mm "
                      "kernel needs 16-byte aligned bf16 inputs, other cases use transformers' fallback")
     return BuiltModel(model=model, spec=spec, device=device, torch_device=torch_device, dtype=workload.dtype,
                       weights=workload.weights, double_quant=workload.double_quant, attention=workload.attention,
                       fake_mode=fake_mode, weight_bytes=storages_bytes(weight_tensors(model)), notes=tuple(notes))
+
+
+def _warm_bnb_cpu(model, workload: Workload, torch_device: str) -> bool:
+    """bitsandbytes repacks 4-bit weights for its fused CPU kernel (AVX512-BF16) on their first
+    forward, with a one-off transient of a few times the largest layer. The protocol measures the
+    steady state, as it warms cuBLAS on CUDA: one 1-token forward before anything is measured."""
+    if torch_device != "cpu" or workload.weights not in ("nf4", "fp4"):
+        return False
+    if not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()):
+        return False
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long), attention_mask=None, use_cache=False)
+    return True
 
 
 def _experts_impl(model) -> str:

@@ -164,6 +164,9 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) ->
             cache = out.past_key_values
             del out  # the logits were live at the peak; the cache lives on in `cache`
             return PhaseOutput(cache, input_ids.shape[1])
+        # transformers sizes a static cache to the largest length any earlier generate call asked for
+        # (to avoid recompiles): each point must get the cache its own workload needs.
+        model.__dict__.pop("_previous_max_cache_length", None)
         catcher = _CacheCatcher()
         handle = model.register_forward_pre_hook(catcher, with_kwargs=True)
         try:

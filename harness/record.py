@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "unsupported", "error")
+STATUSES = ("ok", "oom", "unsupported", "error", "skipped", "crashed", "timeout")
 DEVICES = ("cpu", "dry-run", "cuda", "mps")
 
 # Byte fields, in the order a table shows them. Each is an int of bytes or None (not measured).

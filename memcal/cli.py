@@ -15,6 +15,12 @@ VERBS = {
     "estimate": "predict memory with every formula (no torch needed)",
     "models": "list the bundled catalogue of model configs",
     "measure": "measure one workload's peak memory (cpu, dry-run, cuda, mps)",
+    "sweep": "measure an experiment's grid into a resumable results file (experiments/*.toml)",
+    "merge": "combine results files of one experiment (e.g. its shards) into a new file",
+    "fit": "fit a calibration profile (activation and overhead factors per formula) to results files",
+    "report": "the accuracy report of every formula on results files (Markdown + HTML)",
+    "plan": "the largest batch, or longest prompt, that fits in a memory size (checked on the dry run with --verify)",
+    "regress": "the memory regression gate: compare measurements with a baseline (exit 1 on a regression)",
 }
 
 

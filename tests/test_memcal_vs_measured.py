@@ -59,7 +59,17 @@ def test_quantized_weights_are_exact(weights, double_quant):
                  double_quant=double_quant)
     m = measure(config, w, device="cpu")
     assert m.status == "ok", m.message
-    assert memcal.weight_bytes(load_spec(config), w) == m.weights_bytes
+    # 4-bit weights are measured after bitsandbytes repacked them for the CPU kernel (a warm-up forward)
+    repacked = any("repacked" in note for note in m.notes)
+    assert repacked == (weights != "int8" and _has_avx512_bf16())
+    assert memcal.weight_bytes(load_spec(config), w, device="cpu" if repacked else None) == m.weights_bytes
+    assert memcal.estimate(load_spec(config), w, memcal.Options(device="cpu" if repacked else None)).total_bytes \
+        - m.peak_tensor_bytes in (0, 1)
+
+
+def _has_avx512_bf16() -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+    return bool(has_avx512bf16())
 
 
 def test_static_and_sliding_caches_are_exact():

@@ -11,6 +11,7 @@ from ..errors import MemcalError
 from ..spec import ModelSpec
 
 OS_CHOICES = ("linux", "windows", "macos")
+DEVICES = ("cpu", "cuda", "mps", "dry-run")
 
 
 @dataclass(frozen=True)
@@ -19,16 +20,20 @@ class Options:
 
     ``parameters`` is a parameter count typed by the user (the 002/003 tools ask for it in billions);
     when None, the spec's exact analytic count is used. ``os`` picks the 001 seed's overhead.
-    ``kv_cache`` is the 002 notebook's Use_KV_Cache switch.
+    ``kv_cache`` is the 002 notebook's Use_KV_Cache switch. ``device`` (cpu, cuda, mps, dry-run or
+    None) is where the workload runs, for what depends on it (memcal: bitsandbytes' CPU repacking).
     """
 
     parameters: int | None = None
     os: str = "linux"
     kv_cache: bool = True
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.os not in OS_CHOICES:
             raise MemcalError(f"unknown os {self.os!r}: choose one of {', '.join(OS_CHOICES)}")
+        if self.device not in (None, *DEVICES):
+            raise MemcalError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         if self.parameters is not None and self.parameters <= 0:
             raise MemcalError(f"parameter count must be positive, got {self.parameters}")
 

@@ -84,13 +84,18 @@ def buffer_bytes(spec: ModelSpec, workload: Workload) -> int:
     return 2 * 4 * rotary + scale
 
 
-def weight_bytes(spec: ModelSpec, workload: Workload) -> int:
-    """Bytes of the model's weights as loaded: parameters, buffers and quantization state."""
-    return parameter_bytes(spec, workload) + buffer_bytes(spec, workload)
+def weight_bytes(spec: ModelSpec, workload: Workload, device: str | None = None) -> int:
+    """Bytes of the model's weights: parameters, buffers and quantization state.
+
+    As loaded, except for 4-bit bitsandbytes weights on the CPU (``device="cpu"``): bitsandbytes
+    (0.49+, on CPUs with AVX512-BF16) repacks them on the first forward for its fused kernel, with
+    the absmax in bf16 and double quantization undone.
+    """
+    return parameter_bytes(spec, workload, device) + buffer_bytes(spec, workload)
 
 
-def parameter_bytes(spec: ModelSpec, workload: Workload) -> int:
-    """Bytes of the parameters as loaded, quantization state included."""
+def parameter_bytes(spec: ModelSpec, workload: Workload, device: str | None = None) -> int:
+    """Bytes of the parameters, quantization state included (see `weight_bytes`)."""
     layout = parameter_layout(spec)
     e = workload.dtype_bytes
     if workload.weights == "none":
@@ -107,6 +112,8 @@ def parameter_bytes(spec: ModelSpec, workload: Workload) -> int:
     blocks = sum(_ceil_div(g.in_features * g.out_features, BNB_BLOCK) * g.count for g in quantized)
     modules = sum(g.count for g in quantized)
     code = 4 * BNB_CODE * modules  # each 4-bit module keeps its own 16-entry fp32 quantization map
+    if device == "cpu":  # repacked: bf16 absmax per block (double quantization's offset stays)
+        return rest * e + packed + 2 * blocks + code + (4 * modules if workload.double_quant else 0)
     if not workload.double_quant:
         return rest * e + packed + 4 * blocks + code
     nested = sum(_ceil_div(_ceil_div(g.in_features * g.out_features, BNB_BLOCK), BNB_NESTED_BLOCK) * g.count
@@ -227,6 +234,11 @@ def _layer_transients(spec: ModelSpec, w: Workload, tokens: int, ctx: int, c: Co
     fused = b * tokens * (heads + 2 * spec.num_kv_heads) * hd * e if shape.fused_qkv else 0
     attn = b * tokens * (c.attention_residual_streams * h
                          + c.attention_streams * shape.qkv_streams / 3 * heads * hd) * e + fused
+    if w.attention == "sdpa" and spec.sliding_layers and ctx >= spec.sliding_window:
+        # Past the window, SDPA can no longer be told "causal": transformers builds a boolean
+        # tokens x ctx mask (broadcast over the batch) for the sliding layers.
+        mlp += tokens * ctx
+        attn += tokens * ctx
     if w.attention == "eager":
         if e == 4:
             per_score = c.eager_scores_bytes_fp32
@@ -296,10 +308,10 @@ def _generate(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]
 
 
 def _static_mask(spec: ModelSpec, w: Workload, tokens: int) -> int:
-    """A static cache is masked over its whole length, one mask per kind of layer (a sliding layer's
-    cache is at most its window): SDPA with a boolean mask; eager with a float one, which the
-    attention term counts inside the forward (here: a decode step's, which persists)."""
-    if w.cache != "static" or (w.attention == "eager" and tokens > 1):
+    """A decode step over a static cache masks its whole length, one mask per kind of layer (a sliding
+    layer's cache is at most its window): SDPA with a boolean mask, eager with a float one; the mask
+    outlives the step's forward."""
+    if w.cache != "static" or tokens > 1:  # the prompt's forward: eager's float mask is in its attention term
         return 0
     lengths = {t: p for t, p in zip(spec.layer_types, kv_positions(spec, w))}
     return w.batch * tokens * sum(lengths.values()) * (w.dtype_bytes if w.attention == "eager" else 1)
@@ -321,7 +333,7 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
         notes.append("ignores --params: weights come from the exact parameter layout")
     return Breakdown(
         formula=id, source=source,
-        weights_bytes=weight_bytes(spec, workload),
+        weights_bytes=weight_bytes(spec, workload, options.device),
         kv_cache_bytes=kv_cache_bytes(spec, workload) if options.kv_cache else 0,
         activation_bytes=activations, overhead_bytes=coefficients.overhead_bytes,
         notes=tuple(notes),

@@ -43,9 +43,13 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formula", action="append", default=None, metavar="NAME",
                    help=f"only these formulas (repeatable): {', '.join(FORMULAS)}")
     p.add_argument("--no-kv-cache", action="store_true", help="the 002 notebook's Use_KV_Cache = False")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"),
+                   help="where it runs, where that changes memory (bitsandbytes 4-bit on CPU)")
     p.add_argument("--os", default="linux", help="linux, windows or macos (the 001 seed's overhead)")
     p.add_argument("--unit", default="GiB", choices=("GiB", "GB"), help="display unit (default GiB)")
     p.add_argument("--json", action="store_true", help="print JSON (all sizes in bytes)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="apply a calibration profile (written by `memcal fit`) to each formula it covers")
     p.add_argument("--interactive", action="store_true",
                    help="ask for whatever the flags left out, as the 003 seed's calculator does")
 
@@ -62,7 +66,8 @@ def _params(text) -> int | None:
 def run(args: argparse.Namespace) -> int:
     if not args.model and not args.interactive:
         raise MemcalError("name a model (see `memcal models`), a config.json or a model folder")
-    options = Options(parameters=_params(args.params), os=args.os, kv_cache=not args.no_kv_cache)
+    options = Options(parameters=_params(args.params), os=args.os, kv_cache=not args.no_kv_cache,
+                      device=args.device)
     if args.interactive:
         from memcal.commands import interactive
         from estimator.formulas import interactive_calculator
@@ -73,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # shown in the output, once
-        result = estimate(spec, workload, formulas=args.formula, options=options)
+        result = estimate(spec, workload, formulas=args.formula, options=options,
+                          calibration=getattr(args, "calibration", None))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
+        if result.calibration is not None:
+            print(f"calibration  {result.calibration.describe()}")
         print(estimate_text(result, unit=args.unit))
     return 0

@@ -1,0 +1,57 @@
+"""`memcal sweep EXPERIMENT`: measure an experiment's grid, resumably, into results/<machine>/<name>.jsonl."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from estimator.errors import MemcalError
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="an experiment file (experiments/*.toml)")
+    p.add_argument("--device", default=None, help="run the grid on this device instead (cpu, dry-run, cuda, mps)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="measure shard I of N (whole groups; merge later)")
+    p.add_argument("--out", default=None, help="results file (default results/<machine>/<experiment>.jsonl)")
+    p.add_argument("--machine", default=None, help="machine id for the default path (default: host name)")
+    p.add_argument("--isolate", action="store_true", help="a fresh process per point (process-level numbers)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per point (default: the experiment's)")
+    p.add_argument("--check", action="store_true", help="validate the experiment, print its size, run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def sweep(experiment: str, *, device: str | None = None, shard: str | None = None, out: str | None = None,
+          machine: str | None = None, isolate: bool = False, timeout: float | None = None,
+          progress: bool = True, worker_env: dict | None = None):
+    """Load, plan and run a sweep; returns its `SweepSummary` (tests call this directly)."""
+    from harness.experiment import load_experiment
+    from harness.sweep import default_machine, default_out, parse_shard, run_sweep
+    exp = load_experiment(experiment)
+    overridden = device is not None and device != exp.device
+    if device:
+        exp = exp.with_device(device)
+    where = parse_shard(shard) if shard else None
+    machine = machine or default_machine()
+    path = Path(out) if out else default_out(exp, machine, where, overridden)
+    if timeout is not None and timeout <= 0:
+        raise MemcalError(f"--timeout must be positive, got {timeout:g}")
+    return run_sweep(exp, out=path, shard=where, isolate=isolate, timeout_s=timeout, machine=machine,
+                     progress=progress, worker_env=worker_env)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check:
+        from harness.experiment import load_experiment
+        exp = load_experiment(args.experiment, args.device)
+        groups = exp.groups()
+        print(f"{exp.path}: {exp.name}, {len(exp.points)} points in {len(groups)} groups on {exp.device}, "
+              f"{len(exp.models)} models, fingerprint {exp.fingerprint}")
+        return 0
+    summary = sweep(args.experiment, device=args.device, shard=args.shard, out=args.out, machine=args.machine,
+                    isolate=args.isolate, timeout=args.timeout, progress=not args.quiet)
+    if not args.quiet:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing new"
+        rate = f", {summary.points_per_minute:.0f} points/min" if summary.written else ""
+        print(f"{summary.path}: {summary.written} points written ({counts}) in {summary.elapsed_s:.0f} s{rate}; "
+              f"{summary.already} were already there, {summary.planned} planned", file=sys.stdout)
+    return 0

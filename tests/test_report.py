@@ -1,0 +1,63 @@
+"""The accuracy report: built from a small stored dataset, it matches checked-in expected text.
+
+The golden report covers the seed formulas, which are implemented as written and do not change;
+memcal's own formula is refined over time, so its sections are checked for structure, not text.
+After an intended change to the report's layout, regenerate the expected text with
+    MEMCAL_UPDATE_EXPECTED=1 .venv/bin/python -m pytest tests/test_report.py
+and read the diff before committing it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from estimator.errors import MemcalError
+from harness.fit import fit
+from harness.report import build_report, markdown, report
+from memcal.cli import main
+
+DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "report-fixture.jsonl"
+EXPECTED = DATA / "report-fixture.expected.md"
+SEEDS = ["per-token", "bit-width", "gqa-flash-notebook", "gguf-cheat-sheet"]
+
+
+def test_report_matches_the_checked_in_text(tmp_path):
+    paths = report([FIXTURE], out=tmp_path / "fixture", formulas=SEEDS, name="report-fixture")
+    text = paths["markdown"].read_text()
+    if os.environ.get("MEMCAL_UPDATE_EXPECTED"):
+        EXPECTED.write_text(text)
+    assert text == EXPECTED.read_text()
+    page = paths["html"].read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # standalone: every figure embedded
+    assert "<h1>memcal accuracy report: report-fixture</h1>" in page
+    for name in ("predicted_vs_measured.png", "error_vs_length.png", "components.png"):
+        assert (tmp_path / "fixture" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(MemcalError, match="--force"):
+        report([FIXTURE], out=tmp_path / "fixture", formulas=SEEDS)
+
+
+def test_report_counts_only_ok_points_and_lists_the_rest():
+    text = markdown(build_report([FIXTURE], formulas=["per-token"]).blocks)
+    assert "24 points used" in text
+    assert "Excluded records: 6 oom, 6 skipped" in text
+    assert re.search(r"\| oom \| 4 \| OutOfMemoryError: memcal memory cap: N live tensor bytes", text)
+
+
+def test_report_with_memcal_and_a_profile(tmp_path, capsys):
+    profile = tmp_path / "fixture.json"
+    fit([FIXTURE], out=profile)
+    rep = build_report([FIXTURE], calibration=profile)
+    text = markdown(rep.blocks)
+    assert "these data, so its errors below are in-sample" in text
+    assert "### Calibrated with the profile (all 24 points)" in text
+    assert "memcal's calibrated formula against the targets of issue 5" in text
+    assert re.search(r"\| weights \| 24 of 24 \|", text)  # memcal's weights are exact on the dry run
+    assert re.search(r"\| KV cache \| 24 of 24 \|", text)
+    assert "## Seed audit" in text and "### gguf-cheat-sheet" in text
+    assert main(["report", str(FIXTURE), "--out", str(tmp_path / "r"), "--calibration", str(profile),
+                 "--formula", "memcal", "--formula", "per-token"]) == 0
+    assert "report.html" in capsys.readouterr().out
