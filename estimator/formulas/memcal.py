@@ -331,6 +331,12 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
     notes = [f"peak set by: {where}"]
     if options.parameters is not None:
         notes.append("ignores --params: weights come from the exact parameter layout")
+    if workload.weights in ("int8", "nf4", "fp4"):
+        layout = parameter_layout(spec)
+        kept = layout.unquantized_params / layout.parameters
+        if kept > 0.25:
+            notes.append(f"bitsandbytes quantizes only nn.Linear layers: {kept:.0%} of the parameters "
+                         "(embeddings, lm_head, fused MoE experts) stay in the compute dtype")
     return Breakdown(
         formula=id, source=source,
         weights_bytes=weight_bytes(spec, workload, options.device),
