@@ -113,3 +113,17 @@ def test_total_peak_matches_the_dry_run(family, attention, dtype, vocab, batch, 
     assert m.status == "ok", m.message
     predicted = memcal.estimate(load_spec(config), w).total_bytes
     assert 0 <= predicted - m.peak_tensor_bytes <= 1, (predicted, m.peak_tensor_bytes, m.peak_op)
+
+
+@pytest.mark.parametrize("prompt, new", [(28, 8), (40, 4), (16, 4)])
+def test_phi3_generate_recomputes_its_cache_past_the_original_context(prompt, new):
+    """Phi-3's generate drops its cache and re-runs the whole sequence the first time the input passes
+    original_max_position_embeddings (32 here): 28 + 8 crosses it, 40 + 4 and 16 + 4 do not."""
+    config = tiny("phi3", vocab_size=1000, max_position_embeddings=64, original_max_position_embeddings=32)
+    w = Workload(batch=2, prompt_len=prompt, new_tokens=new, dtype="bf16", attention="sdpa")
+    m = measure(config, w, device="dry-run")
+    assert m.status == "ok", m.message
+    b = memcal.estimate(load_spec(config), w)
+    assert ("cache recompute" in b.notes[0]) == (prompt <= 32 < prompt + new - 1)
+    # within a few int64 ids of the re-run's bookkeeping, never under
+    assert 0 <= b.total_bytes - m.peak_tensor_bytes <= 64, (b.total_bytes, m.peak_tensor_bytes, m.peak_op)

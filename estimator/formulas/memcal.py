@@ -236,9 +236,10 @@ def _layer_transients(spec: ModelSpec, w: Workload, tokens: int, ctx: int, c: Co
                          + c.attention_streams * shape.qkv_streams / 3 * heads * hd) * e + fused
     if w.attention == "sdpa" and spec.sliding_layers and ctx >= spec.sliding_window:
         # Past the window, SDPA can no longer be told "causal": transformers builds a boolean
-        # tokens x ctx mask (broadcast over the batch) for the sliding layers.
+        # tokens x ctx mask (broadcast over the batch) for the sliding layers, and each layer turns it
+        # into an additive float mask for the kernel, alive with the kernel's output.
         mlp += tokens * ctx
-        attn += tokens * ctx
+        attn += tokens * ctx + tokens * ctx * e + b * tokens * heads * hd * e
     if w.attention == "eager":
         if e == 4:
             per_score = c.eager_scores_bytes_fp32
@@ -304,7 +305,24 @@ def _generate(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]
     mask = _static_mask(spec, w, 1)
     out["decode step"] = previous + max(layer, b * h * e + logits) + mask + step_ids
     out["decode processing"] = b * v * 4 + logits + processing + mask + step_ids
+    recompute = _phi3_recompute(spec, w, c, previous, logits)
+    if recompute is not None:
+        out["cache recompute"] = recompute
     return out
+
+
+def _phi3_recompute(spec: ModelSpec, w: Workload, c: Coefficients, previous: int, logits: int) -> int | None:
+    """Phi-3's generate drops its cache and re-runs the whole sequence the first time the input passes
+    original_max_position_embeddings (to switch rotary scaling), while the old cache is still held."""
+    limit = spec.config.get("original_max_position_embeddings", 4096) if spec.family == "phi3" else None
+    if limit is None or not (w.prompt_len <= limit < w.total_len - 1) or w.cache == "static":
+        return None
+    b, n = w.batch, limit + 1  # the re-run covers the limit + 1 tokens the sequence has then
+    old = kv_cache_bytes(spec, w.with_(new_tokens=limit - w.prompt_len + 1))
+    new = kv_cache_bytes(spec, w.with_(prompt_len=n, new_tokens=0, phase="prefill"))
+    forward = max(max(_layer_transients(spec, w, n, n, c).values()), b * n * spec.hidden_size * w.dtype_bytes + logits)
+    ids = 2 * b * w.prompt_len * INT64 + b * (2 * n - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
+    return old + new - kv_cache_bytes(spec, w) + forward + previous + ids
 
 
 def _static_mask(spec: ModelSpec, w: Workload, tokens: int) -> int:
