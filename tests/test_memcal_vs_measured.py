@@ -83,12 +83,14 @@ def test_static_and_sliding_caches_are_exact():
         assert memcal.kv_cache_bytes(load_spec(config), w) == m.kv_cache_bytes, w.describe()
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "gpt_bigcode", "phi3", "gemma", "gemma2", "mixtral"]
+FAMILIES = ["llama", "llama-mha", "mistral", "qwen2", "gpt2", "gpt_bigcode", "phi3", "gemma", "gemma2", "mixtral"]
 BIGCODE = dict(model_type="gpt_bigcode", n_embd=64, n_layer=2, n_head=4, n_inner=128, vocab_size=256,
                n_positions=256, multi_query=True)
 
 
 def _config(family: str, **overrides) -> dict:
+    if family == "llama-mha":  # as many KV heads as heads: no repeat_kv copies
+        return tiny("llama", num_key_value_heads=4, **overrides)
     return {**BIGCODE, **overrides} if family == "gpt_bigcode" else tiny(family, **overrides)
 
 
@@ -127,3 +129,17 @@ def test_phi3_generate_recomputes_its_cache_past_the_original_context(prompt, ne
     assert ("cache recompute" in b.notes[0]) == (prompt <= 32 < prompt + new - 1)
     # within a few int64 ids of the re-run's bookkeeping, never under
     assert 0 <= b.total_bytes - m.peak_tensor_bytes <= 64, (b.total_bytes, m.peak_tensor_bytes, m.peak_op)
+
+
+@pytest.mark.parametrize("family, kv_heads", [("mistral", 2), ("mistral", 4), ("phi3", 4)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sdpa_past_a_sliding_window(family, kv_heads, batch):
+    """Past the window SDPA gets explicit masks: a boolean one, and per layer a float one over the batch."""
+    config = tiny(family, sliding_window=16, num_key_value_heads=kv_heads, vocab_size=300,
+                  max_position_embeddings=2048)
+    w = Workload(batch=batch, prompt_len=1024, dtype="bf16", attention="sdpa")
+    m = measure(config, w, device="dry-run")
+    assert m.status == "ok", m.message
+    b = memcal.estimate(load_spec(config), w)
+    assert b.notes[0] == "peak set by: attention" and "scaled_dot_product" in m.peak_op
+    assert 0 <= b.total_bytes - m.peak_tensor_bytes <= 1, (b.total_bytes, m.peak_tensor_bytes, m.peak_op)

@@ -232,14 +232,16 @@ def _layer_transients(spec: ModelSpec, w: Workload, tokens: int, ctx: int, c: Co
         inter = c.mlp_intermediates + shape.mlp_intermediates - LLAMA_LIKE.mlp_intermediates
         mlp = b * tokens * (streams * h + inter * spec.intermediate_size) * e
     fused = b * tokens * (heads + 2 * spec.num_kv_heads) * hd * e if shape.fused_qkv else 0
-    attn = b * tokens * (c.attention_residual_streams * h
-                         + c.attention_streams * shape.qkv_streams / 3 * heads * hd) * e + fused
+    # repeat_kv copies keys and values to every head only when there are fewer KV heads than heads
+    qkv = shape.qkv_streams - (2 if shape.qkv_streams == 3 and spec.num_kv_heads == heads else 0)
+    attn = b * tokens * (c.attention_residual_streams * h + c.attention_streams * qkv / 3 * heads * hd) * e + fused
     if w.attention == "sdpa" and spec.sliding_layers and ctx >= spec.sliding_window:
         # Past the window, SDPA can no longer be told "causal": transformers builds a boolean
         # tokens x ctx mask (broadcast over the batch) for the sliding layers, and each layer turns it
-        # into an additive float mask for the kernel, alive with the kernel's output.
+        # into an additive float mask (expanded over the batch) for the kernel, alive with the kernel's
+        # output and its fp32 logsumexp.
         mlp += tokens * ctx
-        attn += tokens * ctx + tokens * ctx * e + b * tokens * heads * hd * e
+        attn += tokens * ctx + b * tokens * ctx * e + b * tokens * heads * (hd * e + 4)
     if w.attention == "eager":
         if e == 4:
             per_score = c.eager_scores_bytes_fp32
