@@ -68,29 +68,37 @@ class StorageTracker(TorchDispatchMode):
         self.cap_bytes = cap_bytes
         self.live_bytes = 0
         self.peak_bytes = 0
-        self.peak_op = ""
+        self._peak_op: object = ""  # an aten overload or a label; named only when asked (peak_op)
         self.trace: list[TraceEvent] | None = [] if keep_trace else None
         self._refs: dict[int, tuple[weakref.ref, int]] = {}
+        self._self_ref = weakref.ref(self)
+
+    @property
+    def peak_op(self) -> str:
+        """The aten op (or label: "weights", "inputs", "reset") whose result set the peak."""
+        return _op_name(self._peak_op)
 
     # --- bookkeeping ---------------------------------------------------------------------------
-    def _change(self, delta: int, op: str) -> None:
+    def _change(self, delta: int, op) -> None:
         self.live_bytes += delta
         if self.trace is not None and delta:
-            self.trace.append(TraceEvent(op, delta, self.live_bytes))
+            self.trace.append(TraceEvent(_op_name(op), delta, self.live_bytes))
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
-            self.peak_op = op
+            self._peak_op = op
 
     def _freed(self, key: int) -> None:
         entry = self._refs.pop(key, None)
         if entry is not None:
             self._change(-entry[1], "free")
 
-    def _see(self, t: torch.Tensor, op: str) -> None:
+    def _see(self, t: torch.Tensor, op) -> None:
+        """Count `t`'s storage if it is new (or resized). `op`: an aten overload or a label."""
         if t.device.type != self.device_type:
             return
-        st = _storage_of(t)
-        if st is None:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse, nested, or a subclass without storage
             return
         key, nbytes = st._cdata, st.nbytes()
         entry = self._refs.get(key)
@@ -99,7 +107,7 @@ class StorageTracker(TorchDispatchMode):
                 self._refs[key] = (entry[0], nbytes)
                 self._change(nbytes - entry[1], op)
             return
-        ref = weakref.ref(st, lambda _r, key=key, tracker=weakref.ref(self): _call_freed(tracker, key, _r))
+        ref = weakref.ref(st, lambda _r, key=key, tracker=self._self_ref: _call_freed(tracker, key, _r))
         self._refs[key] = (ref, nbytes)
         self._change(nbytes, op)
 
@@ -116,23 +124,34 @@ class StorageTracker(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.live_bytes
-        self.peak_op = "reset"
+        self._peak_op = "reset"
 
     # --- the dispatch hook -----------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # The hot path: once per aten op of the run (~10k for a 70B prefill), so no pytree walk for
+        # the common outputs (a tensor, a flat tuple of tensors) and no op name unless one is needed.
         out = func(*args, **(kwargs or {}))
-        name = str(func.overloadpacket.__name__)
-        flat, _ = tree_flatten(out)
-        for t in flat:
-            if isinstance(t, torch.Tensor):
-                self._see(t, name)
+        if isinstance(out, torch.Tensor):
+            self._see(out, func)
+        elif isinstance(out, (tuple, list)):
+            for t in out:
+                if isinstance(t, torch.Tensor):
+                    self._see(t, func)
+                elif isinstance(t, (tuple, list, dict)):  # nested outputs: rare, walk them fully
+                    for u in tree_flatten(t)[0]:
+                        if isinstance(u, torch.Tensor):
+                            self._see(u, func)
         if self.cap_bytes is not None and self.live_bytes > self.cap_bytes:
             live = self.live_bytes
-            out = flat = t = None  # drop the outputs now, so the count is right when the error propagates
+            out = t = u = None  # drop the outputs now, so the count is right when the error propagates
             raise torch.OutOfMemoryError(
                 f"memcal memory cap: {live:,} live tensor bytes would pass the cap of {self.cap_bytes:,} bytes "
-                f"(at aten.{name})")
+                f"(at aten.{_op_name(func)})")
         return out
+
+
+def _op_name(op) -> str:
+    return op if isinstance(op, str) else str(op.overloadpacket.__name__)
 
 
 def _call_freed(tracker_ref: weakref.ref, key: int, ref: weakref.ref) -> None:
