@@ -532,8 +532,8 @@ def markdown(blocks: Sequence[tuple]) -> str:
                      "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
             out.append("\n".join(lines))
-        elif kind == "image":
-            out.append(f"![{block[2]}]({block[1]})")
+        elif kind == "image":  # figures live embedded in report.html only: results/ stays text
+            out.append(f"*Figure: {block[2]} (embedded in report.html).*")
     return "\n\n".join(out) + "\n"
 
 
@@ -575,14 +575,13 @@ def html(blocks: Sequence[tuple], images: dict[str, bytes], title: str) -> str:
 
 
 def write_report(rep: Report, out: str | Path, *, force: bool = False) -> dict[str, Path]:
-    """Write report.md, report.html and the figures into the folder ``out``; refuses to overwrite unless ``force``."""
+    """Write report.md, report.html (figures embedded) and the tables into the folder ``out``; refuses to
+    overwrite unless ``force``."""
     out = Path(out)
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
     if not force and any(p.exists() for p in paths.values()):
         raise MemcalError(f"{out}: holds a report already; pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
-    for name, png in rep.images.items():
-        (out / name).write_bytes(png)
     for name, text in rep.tables.items():
         (out / name).write_text(text)
     paths["markdown"].write_text(markdown(rep.blocks))
