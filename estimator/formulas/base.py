@@ -39,3 +39,11 @@ class Options:
 
     def parameter_count(self, spec: ModelSpec) -> int:
         return self.parameters if self.parameters is not None else spec.parameters
+
+
+def gqa_ignored(spec: ModelSpec, width: str) -> list[str]:
+    """The note of a seed whose KV cache uses the hidden size (`width`, its own name for it): empty for MHA."""
+    if spec.num_kv_heads == spec.num_heads:
+        return []
+    return [f"KV cache uses the {width} = {spec.hidden_size}: the model's {spec.num_kv_heads} KV heads "
+            f"(GQA) are ignored"]

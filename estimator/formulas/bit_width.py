@@ -28,7 +28,7 @@ from fractions import Fraction
 from ..breakdown import Breakdown
 from ..spec import ModelSpec
 from ..workload import Workload
-from .base import Options
+from .base import Options, gqa_ignored
 
 id = "bit-width"
 source = "001_768a92a03b0660d3.txt"
@@ -61,9 +61,7 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options) -> Breakdown
     l, b, s, h = spec.num_layers, workload.batch, workload.total_len, spec.hidden_size
     notes = [f"one bit width t = {t:g} for weights, activations and KV cache (the weights' bits)",
              f"o = {OVERHEAD_BYTES[options.os]:,} bytes for {options.os}"]
-    if spec.num_kv_heads != spec.num_heads:
-        notes.append(f"KV cache uses the hidden size h = {h}: the model's {spec.num_kv_heads} KV heads "
-                     f"(GQA) are ignored")
+    notes += gqa_ignored(spec, "hidden size h")
     return Breakdown(
         formula=id,
         source=source,

@@ -31,7 +31,7 @@ from ..breakdown import Breakdown
 from ..spec import ModelSpec
 from ..units import GiB
 from ..workload import GGUF_TYPES, Workload
-from .base import Options
+from .base import Options, gqa_ignored
 
 id = "gguf-cheat-sheet"
 source = "004_a1bdbce2595f72f1.txt"
@@ -77,9 +77,7 @@ def estimate_with(spec: ModelSpec, workload: Workload, options: Options,
     weights = workload.dtype if workload.weights == "none" else workload.weights
     notes = [f"{float(bpp):g} bytes per parameter ({weights})",
              f"overhead {overhead_gib:g} GiB (the sheet: 1-2 GB, GB = 1024^3)"]
-    if spec.num_kv_heads != spec.num_heads:
-        notes.append(f"KV cache uses the hidden dim H = {H}: the model's {spec.num_kv_heads} KV heads "
-                     f"(GQA) are ignored")
+    notes += gqa_ignored(spec, "hidden dim H")
     return Breakdown(
         formula=id,
         source=source,
