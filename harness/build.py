@@ -175,8 +175,8 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
     if device == "dry-run":
         if weights_path is not None:
             notes.append("dry run: the weights folder gives the config only; weights are fake")
-        from torch._subclasses.fake_tensor import FakeTensorMode
-        fake_mode = FakeTensorMode()
+        from .fakemode import DryRunMode
+        fake_mode = DryRunMode()
         model = _random(_config(spec, workload), workload, torch_device, fake_mode)
     elif weights_path is not None:
         _check_folder(Path(weights_path))

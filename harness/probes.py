@@ -57,6 +57,10 @@ class Probe:
         """Wraps the run (between the two snapshots); entered before the storage tracker."""
         return contextlib.nullcontext()
 
+    def tracking(self, tracker) -> contextlib.AbstractContextManager:
+        """Puts the storage tracker to work for the run: by default it is a dispatch mode of its own."""
+        return tracker
+
     def peaks(self, before: Snapshot, after: Snapshot) -> dict[str, int | None]:
         """peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, non_torch_bytes."""
         return {}
@@ -147,6 +151,12 @@ class DryRunProbe(Probe):
 
     def context(self):
         return self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
+
+    def tracking(self, tracker):
+        """Inside memcal's DryRunMode the tracker rides in the fake mode (one dispatch layer, not two);
+        under any other FakeTensorMode it is a mode of its own on top, as on a real device."""
+        attach = getattr(self.fake_mode, "attach", None)
+        return attach(tracker) if attach is not None else tracker
 
 
 # --- cuda ------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def measuring(probe: Probe, tracker: StorageTracker):
     session.before = probe.snapshot(tracker.live_bytes)
     start = time.perf_counter()
     try:
-        with probe.context(), tracker:
+        with probe.context(), probe.tracking(tracker):
             yield session
             probe.synchronize()
     finally:

@@ -127,10 +127,11 @@ class StorageTracker(TorchDispatchMode):
         self._peak_op = "reset"
 
     # --- the dispatch hook -----------------------------------------------------------------------
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        # The hot path: once per aten op of the run (~10k for a 70B prefill), so no pytree walk for
-        # the common outputs (a tensor, a flat tuple of tensors) and no op name unless one is needed.
-        out = func(*args, **(kwargs or {}))
+    def observe(self, func, out) -> None:
+        """Count the storages of an op's outputs. The hot path: once per aten op of the run (~10k for
+        a 70B prefill), so no pytree walk for the common outputs (a tensor, a flat tuple of tensors)
+        and no op name unless one is needed. Called by `__torch_dispatch__` and, in a dry run, by
+        `harness.fakemode.DryRunMode` (the tracker inside the fake mode)."""
         if isinstance(out, torch.Tensor):
             self._see(out, func)
         elif isinstance(out, (tuple, list)):
@@ -141,12 +142,22 @@ class StorageTracker(TorchDispatchMode):
                     for u in tree_flatten(t)[0]:
                         if isinstance(u, torch.Tensor):
                             self._see(u, func)
+
+    def over_cap(self) -> bool:
+        return self.cap_bytes is not None and self.live_bytes > self.cap_bytes
+
+    def raise_cap(self, func) -> None:
+        """The cap's error. Callers drop the op's outputs first, so the count is right when it propagates."""
+        raise torch.OutOfMemoryError(
+            f"memcal memory cap: {self.live_bytes:,} live tensor bytes would pass the cap of {self.cap_bytes:,} "
+            f"bytes (at aten.{_op_name(func)})")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.observe(func, out)
         if self.cap_bytes is not None and self.live_bytes > self.cap_bytes:
-            live = self.live_bytes
-            out = t = u = None  # drop the outputs now, so the count is right when the error propagates
-            raise torch.OutOfMemoryError(
-                f"memcal memory cap: {live:,} live tensor bytes would pass the cap of {self.cap_bytes:,} bytes "
-                f"(at aten.{_op_name(func)})")
+            out = None  # drop the outputs now, so the count is right when the error propagates
+            self.raise_cap(func)
         return out
 
 

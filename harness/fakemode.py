@@ -1,0 +1,156 @@
+"""The dry run's fake-tensor mode: PyTorch's FakeTensorMode, with the storage tracker inside it.
+
+A dry run's cost is FakeTensorMode's cost per aten op (a 70B prefill is ~10,000 ops, and the
+model's own Python is a few percent of it). `DryRunMode` changes three things, none of which changes
+what a dry run computes or counts:
+
+* **The tracker rides inside the mode.** `attach(tracker)` makes the mode hand every op's outputs
+  to a `StorageTracker` itself, instead of the tracker being a second Python dispatch mode stacked
+  on top (each Python mode layer costs a call chain per op). Only the ops that reach the mode from
+  outside are counted: when FakeTensorMode decomposes an op it re-enters itself (`with self:`), and
+  those inner ops are its own way of computing shapes, not the kernels a real run calls, so they are
+  not counted. That is what a tracker stacked above the mode saw.
+* **A faster cache key.** FakeTensorMode caches each op's output metadata under a key built from the
+  arguments; building that key (`_prep_args_for_hash`: a `TensorMetadata` dataclass per tensor, then
+  a generic walk of its fields) was over a third of a traced prefill. For the common arguments (fake
+  tensors of this mode with static strided shapes, Python scalars, dtypes, devices, lists and
+  keyword dicts of those) the same key is built directly; anything else goes the stock way. The
+  key is *the same list of values* the stock code builds (tests/test_fakemode.py compares them op
+  by op over whole traces), so the cache behaves exactly as before. If torch's `TensorMetadata` has other fields than the ones
+  this code knows (another torch version), the fast key is off and everything goes the stock way.
+* **`aten._unsafe_view` is answered as `aten.view`.** FakeTensorMode never caches `_unsafe_view`
+  (every matmul's result goes through it) and computes it by its decomposition, which is
+  `aten.view(x, size)`: asking for `view` directly gives the same tensor on the same storage from
+  the cache. The tracker still sees the op as `_unsafe_view`.
+
+Before/after figures: docs/performance.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import torch
+from torch._prims_common import suggest_memory_format
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, TensorMetadata
+
+__all__ = ["DryRunMode", "FAST_KEY_SUPPORTED"]
+
+# The fields of torch's TensorMetadata, in the order the fast key writes them (torch 2.13).
+_KNOWN_FIELDS = ("dtype", "shape", "stride", "device", "layout", "memory_format", "storage_offset",
+                 "storage_bytes", "requires_grad", "is_quantized", "is_conj", "is_neg", "is_inference",
+                 "is_sparse", "is_coalesced", "dense_dim", "sparse_dim")
+FAST_KEY_SUPPORTED = tuple(f.name for f in dataclasses.fields(TensorMetadata)) == _KNOWN_FIELDS
+
+# Arguments that the stock key writes as (type, value): everything that is not a tensor, a symbolic
+# value, a container, a function or a graph module. Other types go the stock way.
+_PLAIN = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
+                    torch.memory_format})
+_SEQUENCES = frozenset({list, tuple, torch.Size})
+_STRIDED = torch.strided
+_UNSAFE_VIEW = torch.ops.aten._unsafe_view.default
+_VIEW = torch.ops.aten.view.default
+
+
+class _Unusual(Exception):
+    """An argument the fast key does not handle: build this key the stock way."""
+
+
+class DryRunMode(FakeTensorMode):
+    """FakeTensorMode for memcal's dry runs: an attached tracker, a fast cache key (see the module doc)."""
+
+    def __init__(self, *args: Any, fast_key: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_key = fast_key and FAST_KEY_SUPPORTED and self.shape_env is None
+        self._tracker = None
+        self._inside = False
+
+    # --- the tracker ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def attach(self, tracker):
+        """Count every op's outputs in `tracker` while the block runs (enter the mode separately)."""
+        if self._tracker is not None:
+            raise RuntimeError("a tracker is already attached to this DryRunMode")
+        self._tracker = tracker
+        try:
+            yield tracker
+        finally:
+            self._tracker = None
+
+    def dispatch(self, func, types, args=(), kwargs=None):
+        tracker = self._tracker
+        if tracker is None or self._inside:  # building, or an op of the mode's own decompositions
+            return super().dispatch(_VIEW if func is _UNSAFE_VIEW else func, types, args, kwargs)
+        self._inside = True
+        try:
+            out = super().dispatch(_VIEW if func is _UNSAFE_VIEW else func, types, args, kwargs)
+        finally:
+            self._inside = False
+        tracker.observe(func, out)
+        if tracker.over_cap():
+            out = None  # drop the outputs before raising, so their storages are freed and counted
+            tracker.raise_cap(func)
+        return out
+
+    # --- the cache key ----------------------------------------------------------------------------
+    def _prep_args_for_hash(self, result, args, state, id_hashed_objects):
+        kind = type(args)
+        if self.fast_key and (kind in _SEQUENCES or kind is dict):
+            start = len(result)
+            try:
+                if kind is dict:  # an op's kwargs: the stock walk writes the keys, then the values
+                    result.append(dict)
+                    result.append(f"length_{len(args)}")
+                    self._flatten_items(result, args.keys())
+                    self._flatten_items(result, args.values())
+                else:
+                    self._flatten(result, args)
+                return
+            except _Unusual:
+                del result[start:]
+        super()._prep_args_for_hash(result, args, state, id_hashed_objects)
+
+    def _flatten(self, result: list, seq) -> None:
+        result.append(type(seq))
+        result.append(f"length_{len(seq)}")
+        self._flatten_items(result, seq)
+
+    def _flatten_items(self, result: list, items) -> None:
+        for arg in items:
+            kind = type(arg)
+            if kind is FakeTensor:
+                self._flatten_tensor(result, arg)
+            elif kind in _PLAIN:
+                result.append(kind)
+                result.append(arg)
+            elif kind in _SEQUENCES:
+                self._flatten(result, arg)
+            else:
+                raise _Unusual
+
+    def _flatten_tensor(self, result: list, t: FakeTensor) -> None:
+        """`extract_tensor_metadata(t)._flatten_into(...)` for a dense strided fake tensor of this mode."""
+        if t.fake_mode is not self or t.constant is not None or t.layout is not _STRIDED \
+                or t._has_symbolic_sizes_strides:
+            raise _Unusual  # the stock code bypasses the cache or handles symbols for these
+        memory_format = suggest_memory_format(t)
+        if not t.is_contiguous(memory_format=memory_format):
+            memory_format = None
+        append = result.append
+        append(t.dtype)
+        shape = t.shape
+        append(torch.Size)
+        append(f"length_{len(shape)}")
+        for n in shape:
+            append(int)
+            append(n)
+        stride = t.stride()
+        append(tuple)
+        append(f"length_{len(stride)}")
+        for n in stride:
+            append(int)
+            append(n)
+        result += (t.device, _STRIDED, memory_format, t.storage_offset(), t.untyped_storage().nbytes(),
+                   t.requires_grad, t.is_quantized, t.is_conj(), t.is_neg(), t.is_inference(),
+                   False, None, None, None)
