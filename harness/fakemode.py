@@ -16,8 +16,9 @@ what a dry run computes or counts:
   tensors of this mode with static strided shapes, Python scalars, dtypes, devices, lists and
   keyword dicts of those) the same key is built directly; anything else goes the stock way. The
   key is *the same list of values* the stock code builds (tests/test_fakemode.py compares them op
-  by op over whole traces), so the cache behaves exactly as before. If torch's `TensorMetadata` has other fields than the ones
-  this code knows (another torch version), the fast key is off and everything goes the stock way.
+  by op over whole traces), so the cache behaves exactly as before. If torch's `TensorMetadata` has
+  other fields than the ones this code knows (another torch version), the fast key is off and
+  everything goes the stock way.
 * **`aten._unsafe_view` is answered as `aten.view`.** FakeTensorMode never caches `_unsafe_view`
   (every matmul's result goes through it) and computes it by its decomposition, which is
   `aten.view(x, size)`: asking for `view` directly gives the same tensor on the same storage from
