@@ -90,8 +90,8 @@ class DryRunMode(FakeTensorMode):
             self._inside = False
         tracker.observe(func, out)
         if tracker.over_cap():
-            out = None  # drop the outputs before raising, so their storages are freed and counted
-            tracker.raise_cap(func)
+            error, out = tracker.cap_error(func), None  # drop the outputs: their storages are freed
+            raise error
         return out
 
     # --- the cache key ----------------------------------------------------------------------------

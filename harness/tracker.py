@@ -146,18 +146,19 @@ class StorageTracker(TorchDispatchMode):
     def over_cap(self) -> bool:
         return self.cap_bytes is not None and self.live_bytes > self.cap_bytes
 
-    def raise_cap(self, func) -> None:
-        """The cap's error. Callers drop the op's outputs first, so the count is right when it propagates."""
-        raise torch.OutOfMemoryError(
+    def cap_error(self, func) -> torch.OutOfMemoryError:
+        """The cap's error, made while the op's outputs are still counted. Callers then drop the
+        outputs and raise it, so the count is right when it propagates."""
+        return torch.OutOfMemoryError(
             f"memcal memory cap: {self.live_bytes:,} live tensor bytes would pass the cap of {self.cap_bytes:,} "
             f"bytes (at aten.{_op_name(func)})")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.observe(func, out)
-        if self.cap_bytes is not None and self.live_bytes > self.cap_bytes:
-            out = None  # drop the outputs now, so the count is right when the error propagates
-            self.raise_cap(func)
+        if self.over_cap():
+            error, out = self.cap_error(func), None  # drop the outputs now: their storages are freed
+            raise error
         return out
 
 

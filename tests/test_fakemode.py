@@ -134,7 +134,8 @@ def test_memory_cap_inside_the_mode_raises_and_the_count_recovers():
         a = torch.empty(1024, 1024)  # 4 MiB
     tracker = StorageTracker(cap_bytes=10 * 2**20)
     tracker.track([a], "inputs")
-    with pytest.raises(torch.OutOfMemoryError, match="memory cap"):
+    with pytest.raises(torch.OutOfMemoryError, match=r"memory cap: 12,582,912 live tensor bytes .* cap of 10,485,760 "
+                       r"bytes \(at aten\.mul\)"):
         with mode, mode.attach(tracker):
             keep = [a * 2]
             keep.append(a * 3)  # 12 MiB live: over the cap

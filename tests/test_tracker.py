@@ -63,7 +63,8 @@ def test_other_devices_are_ignored():
 def test_cap_raises_oom_and_count_stays_right():
     tr = StorageTracker(cap_bytes=10_000)
     keep = []
-    with pytest.raises(torch.OutOfMemoryError, match="memory cap"):
+    with pytest.raises(torch.OutOfMemoryError, match=r"memory cap: 12,000 live tensor bytes would pass the cap "
+                       r"of 10,000 bytes \(at aten\.empty\)"):
         with tr:
             keep.append(torch.empty(2000))                # 8000: under the cap
             keep.append(torch.empty(1000))                # 12000: over
