@@ -80,12 +80,12 @@ class DryRunMode(FakeTensorMode):
             self._tracker = None
 
     def dispatch(self, func, types, args=(), kwargs=None):
-        tracker = self._tracker
+        tracker, asked = self._tracker, _VIEW if func is _UNSAFE_VIEW else func
         if tracker is None or self._inside:  # building, or an op of the mode's own decompositions
-            return super().dispatch(_VIEW if func is _UNSAFE_VIEW else func, types, args, kwargs)
+            return super().dispatch(asked, types, args, kwargs)
         self._inside = True
         try:
-            out = super().dispatch(_VIEW if func is _UNSAFE_VIEW else func, types, args, kwargs)
+            out = super().dispatch(asked, types, args, kwargs)
         finally:
             self._inside = False
         tracker.observe(func, out)
