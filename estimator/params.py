@@ -247,13 +247,24 @@ def _path(record, entry) -> str:
     return f"{record.prefix}.{entry['name']}"
 
 
-def _group(entry, spec):
-    """One record entry as a layout group (None when no layer holds it)."""
+def _groups(entry, spec) -> list:
+    """One record entry as layout groups: one per distinct shape among the layers that hold it (a
+    tensor's shape may depend on the layer: `i`, `attn`, `mlp`), none when no layer holds it."""
     layers, scope = _where(entry, spec)
     if layers == ():
-        return None
-    if layers:  # a per-layer shape may depend on the layer (its first one decides; records keep them uniform)
-        scope.update(i=layers[0], attn=spec.layer_types[layers[0]], mlp=spec.layer_mlp[layers[0]])
+        return []
+    if layers is None:
+        return [_group(entry, spec, scope, None)]
+    by_shape: dict = {}
+    for i in layers:
+        local = {**scope, "i": i, "attn": spec.layer_types[i], "mlp": spec.layer_mlp[i]}
+        key = (_shape(entry, local, spec), _value(entry.get("bias", False), local, spec, "bias"),
+               _value(entry.get("experts", 0), local, spec, "experts"))
+        by_shape.setdefault(key, (local, []))[1].append(i)
+    return [_group(entry, spec, local, tuple(held)) for local, held in by_shape.values()]
+
+
+def _group(entry, spec, scope, layers):
     count = len(layers) if layers is not None else 1
     shape, kind, path = _shape(entry, scope, spec), entry["kind"], _path(spec.record, entry)
     bias = bool(_value(entry.get("bias", False), scope, spec, f"bias of {entry['name']}"))
@@ -268,7 +279,7 @@ def _group(entry, spec):
 
 
 def _layout(spec) -> ParamLayout:
-    groups = [g for g in (_group(e, spec) for e in spec.record.tensors) if g is not None]
+    groups = [g for e in spec.record.tensors for g in _groups(e, spec)]
     head = next((g for g in groups if isinstance(g, LinearGroup) and g.name == "lm_head"), None)
     linears = tuple(g for g in groups if isinstance(g, LinearGroup) and g is not head)
     tensors = tuple(g for g in groups if isinstance(g, TensorGroup))
