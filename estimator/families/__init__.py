@@ -30,7 +30,7 @@ _HERE = Path(__file__).parent
 _EXTRA: list[Path] = []
 _MERGED_TABLES = ("config", "dims", "layers", "cache", "activations")
 _TOP_KEYS = {"model_type", "inherit", "source", "declares_kv_heads", "prefix", "layers_path", "nulls",
-             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", *_MERGED_TABLES}
+             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", *_MERGED_TABLES}
 TENSOR_KINDS = ("linear", "conv1d", "embedding", "norm", "param", "router", "experts", "buffer")
 
 
@@ -53,6 +53,7 @@ class FamilyRecord:
     cache: Mapping[str, Mapping[str, Any]]  # per attention kind: the cache each such layer keeps
     tensors: tuple[Mapping[str, Any], ...]
     activations: Mapping[str, Any]       # memcal formula's family terms
+    program: Mapping[str, Any] | None = None  # the forward as data (estimator/program.py), derived from traces
     chain: tuple[str, ...] = ()          # the record and its ancestors, nearest first
 
     def defaults(self) -> dict[str, Any]:
@@ -111,7 +112,8 @@ def _load_raw(model_type: str) -> tuple[dict, str] | None:
 
 
 def _merge(parent: dict, child: dict) -> dict:
-    out = {k: v for k, v in parent.items() if k not in ("abstract", "model_type", "source")}
+    # a forward program is derived for each family from its own dry run: never inherited
+    out = {k: v for k, v in parent.items() if k not in ("abstract", "model_type", "source", "program")}
     for key, value in child.items():
         if key in _MERGED_TABLES:
             merged = dict(parent.get(key, {}))
@@ -206,7 +208,7 @@ def get(model_type: str | None) -> FamilyRecord | None:
         config=_frozen(data.get("config", {})), dims=_frozen(data.get("dims", {})),
         layers=_frozen(data.get("layers", {})), cache=_frozen(data.get("cache", {})),
         tensors=_frozen(data.get("tensors", [])), activations=_frozen(data.get("activations", {})),
-        chain=chain,
+        program=_frozen(data["program"]) if "program" in data else None, chain=chain,
     )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import kv
+from .. import kv, program
 from ..breakdown import Breakdown
 from ..errors import MemcalError
 from ..expr import evaluate
@@ -298,60 +298,66 @@ def _logit_softcap(spec: ModelSpec) -> float | None:
     return _term(spec, "logit_softcap")
 
 
+def forward_scope(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> dict:
+    """The variables a forward program runs under (estimator/program.py)."""
+    return {**spec.scope, "b": w.batch, "t": tokens, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes,
+            "kvb": w.kv_bytes, "rows": w.batch if w.phase == "generate" else 1, "half": w.dtype != "fp32",
+            "eager": w.attention == "eager", "sdpa": w.attention == "sdpa", "generate": w.phase == "generate",
+            "decode": decode, "static": w.cache == "static" and w.phase == "generate",
+            "gqa": spec.num_kv_heads < spec.num_heads, "mqa": spec.num_kv_heads == 1 < spec.num_heads,
+            "past_window": _past_window(spec, w, ctx), "i": 0}
+
+
+def _forward(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> program.ForwardRun:
+    return program.forward(spec, forward_scope(spec, w, tokens, ctx, n_logits, decode))
+
+
 def _prefill(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]:
-    """A plain forward over the prompt: every position's logits, the input ids."""
-    b, e, s = w.batch, w.dtype_bytes, w.prompt_len
-    out = _layer_transients(spec, w, s, s, c)
-    streams = c.logits_streams + (1 if _logit_softcap(spec) else 0)  # logits / cap, alive beside the logits
-    out["logits"] = b * s * (streams * spec.vocab_size + spec.hidden_size) * e
-    return {k: x + b * s * INT64 for k, x in out.items()}
+    """A plain forward over the prompt (every position's logits), beside the input ids."""
+    b, s = w.batch, w.prompt_len
+    run = _forward(spec, w, s, s, s, decode=False)
+    return {f"forward ({run.where})": b * s * INT64 + run.peak_bytes - kv_cache_bytes(spec, w)}
 
 
 def _generate(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]:
     """generate (greedy, min_new_tokens = N): the prompt's forward and the processing of its logits,
-    the last decode step's forward and the processing of its logits."""
-    b, e, s, v, h = w.batch, w.dtype_bytes, w.prompt_len, spec.vocab_size, spec.hidden_size
+    the last decode step's forward and the processing of its logits. Each candidate is the live
+    total above the weights; the final cache is subtracted at the end (the breakdown adds it)."""
+    b, s, v = w.batch, w.prompt_len, spec.vocab_size
     static = w.cache == "static"
-    # One step's logits (last position, compute dtype) and their processing: the fp32 copy, and with
-    # an eos token the min-new-tokens processor's outputs (where, clone, where), an int64 arange and
-    # a bool mask over the vocabulary. Without a processor the fp32 copy is the step's scores.
-    logits = b * v * e
+    # One step's logits processing: the fp32 copy, and with an eos token the min-new-tokens
+    # processor's outputs (where, clone, where), an int64 arange and a bool mask over the vocabulary.
     processors = _special_ids(spec)[1] is not None
     processing = b * v * 4 * c.decode_logits_fp32
     if processors:
         processing += b * v * 4 * c.processor_copies + v * (INT64 + 1) + 4
-    # The prompt's forward runs with the prompt's cache, smaller than the final one (a static cache
-    # is preallocated whole, and attends over its whole length). It holds the input ids, their
-    # contiguous copy, the special-token scalars and the unfinished-sequence flags.
-    shortfall = 0 if static else \
-        kv_cache_bytes(spec, w) - kv_cache_bytes(spec, w.with_(new_tokens=0, phase="prefill"))
-    fixed = generate_scalars(spec) - shortfall
-    prompt_ids = 2 * b * s * INT64 + b * INT64 + fixed
+    # The prompt's forward holds the input ids, their contiguous copy, the unfinished-sequence flags
+    # and the special-token scalars; it grows the cache (a static one is made whole in its first layer).
+    # generate also makes the position ids (b x s, from the attention mask) before each forward
+    held = 3 * b * s * INT64 + b * INT64 + generate_scalars(spec)
     ctx = w.kv_len if static else s
-    out = {k: x + prompt_ids + _static_mask(spec, w, s) for k, x in _layer_transients(spec, w, s, ctx, c).items()}
-    out["logits"] = b * s * h * e + logits + prompt_ids
-    out["logits processing"] = logits + processing + prompt_ids
-    if w.new_tokens < 2:
-        return out
-    # Last decode step: the previous step's fp32 copy (and scores) are still referenced during the
-    # forward (generate deletes the step's outputs, logits included, at the end of each step), its
-    # scores during the processing; in a dynamic cache one layer's old keys stay alive while
-    # torch.cat builds the new ones; the input ids grow by one token; a static cache's mask persists.
-    ctx = w.kv_len
-    step_ids = 2 * b * s * INT64 + b * (2 * w.total_len - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
-    grow = 0 if static else b * spec.num_kv_heads * spec.head_dim * max(ctx - 1, 0) * w.kv_bytes
-    layer = max(_layer_transients(spec, w, 1, ctx, c).values()) + grow
-    previous = b * v * 4 * (c.decode_logits_fp32 + (1 if processors else 0))
-    mask = _static_mask(spec, w, 1)
-    out["decode step"] = previous + max(layer, b * h * e + logits) + mask + step_ids
-    out["decode processing"] = b * v * 4 + logits + processing + mask + step_ids
-    recompute = _phi3_recompute(spec, w, c, previous, logits)
-    if recompute is not None:
-        out["cache recompute"] = recompute
-    return out
+    prompt = _forward(spec, w, s, ctx, 1, decode=False)
+    out = {f"prompt forward ({prompt.where})": held + prompt.peak_bytes,
+           "logits processing": held + prompt.end_bytes + processing}
+    if w.new_tokens >= 2:
+        # Last decode step: the previous step's fp32 copy (and scores) are still referenced during the
+        # forward (generate deletes a step's outputs at the end of each step), its scores during the
+        # processing; the input ids have grown by one token per step.
+        step_ids = 2 * b * s * INT64 + b * (2 * w.total_len - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
+        previous = b * v * 4 * (c.decode_logits_fp32 + (1 if processors else 0))
+        before = kv_cache_bytes(spec, w) if static else \
+            kv_cache_bytes(spec, w.with_(new_tokens=w.new_tokens - 1))
+        step = _forward(spec, w, 1, w.kv_len, 1, decode=True)
+        out[f"decode step ({step.where})"] = step_ids + b * INT64 + previous + before + step.peak_bytes
+        out["decode processing"] = step_ids + b * INT64 + b * v * 4 + before + step.end_bytes + processing
+        recompute = _rerun(spec, w, previous)
+        if recompute is not None:
+            out["cache recompute"] = recompute
+    final = kv_cache_bytes(spec, w)
+    return {k: x - final for k, x in out.items()}
 
 
-def _phi3_recompute(spec: ModelSpec, w: Workload, c: Coefficients, previous: int, logits: int) -> int | None:
+def _rerun(spec: ModelSpec, w: Workload, previous: int) -> int | None:
     """Phi-3's generate drops its cache and re-runs the whole sequence the first time the input passes
     original_max_position_embeddings (to switch rotary scaling), while the old cache is still held
     (the record's ``rerun_cache_past``)."""
@@ -360,10 +366,8 @@ def _phi3_recompute(spec: ModelSpec, w: Workload, c: Coefficients, previous: int
         return None
     b, n = w.batch, limit + 1  # the re-run covers the limit + 1 tokens the sequence has then
     old = kv_cache_bytes(spec, w.with_(new_tokens=limit - w.prompt_len + 1))
-    new = kv_cache_bytes(spec, w.with_(prompt_len=n, new_tokens=0, phase="prefill"))
-    forward = max(max(_layer_transients(spec, w, n, n, c).values()), b * n * spec.hidden_size * w.dtype_bytes + logits)
     ids = 2 * b * w.prompt_len * INT64 + b * (2 * n - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
-    return old + new - kv_cache_bytes(spec, w) + forward + previous + ids
+    return ids + previous + old + _forward(spec, w, n, n, 1, decode=False).peak_bytes
 
 
 def _static_mask(spec: ModelSpec, w: Workload, tokens: int) -> int:
