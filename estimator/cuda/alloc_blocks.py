@@ -98,6 +98,16 @@ class Pool:
         return [entry[3] for entry in self._unmapped if entry[0] == stream]
 
 
+@dataclass
+class Request:
+    """One malloc after rounding: block size, stream, pool and the segment size a new cudaMalloc takes."""
+
+    size: int
+    stream: int
+    pool: Pool
+    alloc_bytes: int
+
+
 def splice_after(block: Block, new: Block) -> None:
     """Insert `new` right after `block` in the segment's address order."""
     new.prev, new.next = block, block.next
@@ -120,3 +130,29 @@ def merge_into(dst: Block, src: Block | None) -> int:
             src.next.prev = dst
     dst.size += src.size
     return src.size
+
+
+def whole(block: Block) -> bool:
+    """A cached block that is its whole (non-expandable) segment: cudaFree can return it."""
+    return not block.is_split and not block.expandable
+
+
+def growable(block: Block) -> int:
+    """get_free_block's expandable_size: the block plus the unmapped range right after it."""
+    nxt = block.next
+    return block.size + (nxt.size if nxt is not None and not nxt.mapped else 0)
+
+
+def room(block: Block | None) -> int:
+    """find_expandable_block's has_available_address_space: free or unmapped bytes from here on."""
+    room = 0
+    while block is not None and not block.allocated:
+        room += block.size
+        block = block.next
+    return room
+
+
+
+
+def ceil_to(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple

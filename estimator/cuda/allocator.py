@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 
 from estimator.errors import MemcalError
 
-from .alloc_blocks import Block, Pool, Segment, merge_into, splice_after
-from .alloc_config import (K_MIN_BLOCK_SIZE, K_SMALL_BUFFER, K_SMALL_SIZE, AllocatorOptions, allocation_size,
+from .alloc_blocks import Block, Pool, Request, Segment, growable, merge_into, splice_after
+from .alloc_expandable import ExpandableMixin
+from .alloc_reclaim import ReclaimMixin
+from .alloc_config import (K_MIN_BLOCK_SIZE, K_SMALL_SIZE, AllocatorOptions, allocation_size,
                            format_size, round_size)
 
 _ONE_EIB = 2**60
-_ADDRESS_SPACE_DEFAULT = 2**44  # an expandable segment's reserved range when no device total is known
 
 
 class OutOfMemory(RuntimeError):
@@ -51,15 +52,7 @@ class Stat:
 
 
 @dataclass
-class _Params:
-    size: int
-    stream: int
-    pool: Pool
-    alloc_bytes: int
-
-
-@dataclass
-class Allocator:
+class Allocator(ExpandableMixin, ReclaimMixin):
     """One device's caching allocator. capacity_bytes: what cudaMalloc may take (None: unlimited)."""
 
     options: AllocatorOptions = field(default_factory=AllocatorOptions)
@@ -147,7 +140,7 @@ class Allocator:
     def _malloc(self, orig_size: int, stream: int) -> Block:
         size = round_size(self.options, orig_size)
         pool = self.small if size <= K_SMALL_SIZE else self.large
-        params = _Params(size, stream, pool, allocation_size(self.options, size))
+        params = Request(size, stream, pool, allocation_size(self.options, size))
         block = self._get_free_block(params)
         if block is None:
             if self._allowed is not None and self.options.garbage_collection_threshold > 0.0:
@@ -159,7 +152,7 @@ class Allocator:
             self._raise_oom(params)
         return self._alloc_found_block(block, params, orig_size)
 
-    def _get_free_block(self, p: _Params) -> Block | None:
+    def _get_free_block(self, p: Request) -> Block | None:
         pool = p.pool
         if self._allowed is not None and self.options.garbage_collection_threshold > 0.0:
             pool.free_blocks_calls += 1
@@ -188,12 +181,12 @@ class Allocator:
                 block = pool.at(index)
             return block if block is not None and block.stream == stream else None
         nxt = pool.at(index + 1)
-        while block.expandable and nxt is not None and nxt.stream == stream and _growable(nxt) < _growable(block):
+        while block.expandable and nxt is not None and nxt.stream == stream and growable(nxt) < growable(block):
             index += 1
             block, nxt = nxt, pool.at(index + 1)
         return block
 
-    def _alloc_found_block(self, block: Block, p: _Params, orig_size: int) -> Block:
+    def _alloc_found_block(self, block: Block, p: Request, orig_size: int) -> Block:
         if self._should_split(block, p.size):
             rest = Block(block.segment, block.ptr + p.size, block.size - p.size, mapped=True)
             block.size = p.size
@@ -211,7 +204,7 @@ class Allocator:
         return size < self.options.max_split_size_bytes and remaining > K_SMALL_SIZE
 
     # ---- new memory ------------------------------------------------------------------------------
-    def _alloc_block(self, p: _Params, retry: bool = False) -> Block | None:
+    def _alloc_block(self, p: Request, retry: bool = False) -> Block | None:
         if retry:
             self.num_alloc_retries += 1
         if self._allowed is not None and self.reserved.current + p.alloc_bytes > self._allowed:
@@ -233,52 +226,6 @@ class Allocator:
         self._next_address += size
         return segment
 
-    def _alloc_expandable(self, p: _Params) -> Block | None:
-        """try_allocate_expandable_block: map pages at the lowest address where `size` fits."""
-        candidate = self._find_expandable_block(p)
-        if not candidate.mapped:
-            candidate = self._map_block(candidate, min(candidate.size, p.size))
-            if candidate is None:
-                return None
-        while candidate.size < p.size:
-            following = candidate.next
-            candidate = self._map_block(following, min(p.size - candidate.size, following.size))
-            if candidate is None:
-                return None
-        p.pool.remove(candidate)
-        return candidate
-
-    def _find_expandable_block(self, p: _Params) -> Block:
-        for block in p.pool.unmapped(p.stream):
-            start = block.prev if block.prev is not None and block.prev.free_mapped else block
-            if _room(start) >= p.size:
-                return start
-        page = K_SMALL_BUFFER if p.pool.is_small else self.options.large_segment_size_bytes
-        total = self.device_total_bytes or self.capacity_bytes
-        span = _ceil_to(total + total // 8, page) if total else _ADDRESS_SPACE_DEFAULT
-        segment = self._new_segment(p.pool, p.stream, span, expandable=True, page=page)
-        block = Block(segment, segment.base, span, mapped=False)
-        p.pool.add_unmapped(block)
-        return block
-
-    def _map_block(self, block: Block, size: int) -> Block | None:
-        """map_block: back [ptr, ptr + size) with whole pages, then merge with free neighbours."""
-        mapped = _ceil_to(size, block.segment.page_bytes)
-        if not self._fits(mapped):
-            return None
-        pool = block.segment.pool
-        pool.drop_unmapped(block)
-        if mapped < block.size:
-            rest = Block(block.segment, block.ptr + mapped, block.size - mapped, mapped=False)
-            splice_after(block, rest)
-            pool.add_unmapped(rest)
-            block.size = mapped
-        block.mapped = True
-        self._merge_neighbours(block)
-        pool.insert(block)
-        self.reserved.add(mapped)
-        return block
-
     # ---- free -----------------------------------------------------------------------------------
     def _free(self, block: Block) -> None:
         block.allocated = False
@@ -294,92 +241,6 @@ class Allocator:
                 pool.remove(other) if other.mapped else pool.drop_unmapped(other)
                 merge_into(block, other)
 
-    # ---- giving memory back ----------------------------------------------------------------------
-    def _release_available_cached_blocks(self, p: _Params) -> bool:
-        """Free one cached oversize block big enough, else the largest oversize ones, then retry."""
-        if not self.options.limits_split:
-            return False
-        key = max(p.size, self.options.max_split_size_bytes)
-        candidates = [b for b in p.pool.blocks() if b.stream == p.stream and _whole(b)
-                      and b.size >= self.options.max_split_size_bytes]
-        bigger = [b for b in candidates if b.size >= key]
-        if bigger:
-            self._release_segment(bigger[0])
-            return True
-        released = 0
-        for block in reversed(candidates):
-            if released >= key:
-                break
-            released += block.size
-            self._release_segment(block)
-        return released >= key
-
-    def _release_cached_blocks(self) -> bool:
-        """release_cached_blocks: free every unsplit cached segment; unmap free expandable pages."""
-        for pool in (self.large, self.small):
-            expandable = [b for b in pool.blocks() if b.expandable]
-            for block in pool.blocks():
-                if _whole(block):
-                    self._release_segment(block)
-            for block in expandable:
-                self._unmap_block(block)
-        return True
-
-    def _release_segment(self, block: Block) -> None:
-        block.segment.pool.remove(block)
-        self.reserved.add(-block.size)
-        self.segment_count -= 1
-
-    def _unmap_block(self, block: Block) -> None:
-        page = block.segment.page_bytes
-        base = block.segment.base
-        begin = base + _ceil_to(block.ptr - base, page)
-        end = base + (block.ptr + block.size - base) // page * page
-        if begin >= end:
-            return
-        pool = block.segment.pool
-        pool.remove(block)
-        for lo, hi in ((block.ptr, begin), (end, block.ptr + block.size)):
-            if hi > lo:
-                self._carve_free(block, lo, hi)
-        block.ptr, block.size, block.mapped = begin, end - begin, False
-        self.reserved.add(-(end - begin))
-        self._merge_neighbours(block)
-        if block.prev is None and block.next is None:
-            return  # the whole segment is unmapped: release_expandable_segment drops it
-        pool.add_unmapped(block)
-
-    def _carve_free(self, block: Block, lo: int, hi: int) -> None:
-        """Split a still-mapped free piece [lo, hi) off an expandable block being unmapped."""
-        piece = Block(block.segment, lo, hi - lo)
-        if lo == block.ptr:
-            piece.prev, piece.next = block.prev, block
-            if block.prev is not None:
-                block.prev.next = piece
-            block.prev = piece
-        else:
-            splice_after(block, piece)
-        block.segment.pool.insert(piece)
-
-    def _garbage_collect(self) -> None:
-        """garbage_collect_cached_blocks: free old unsplit large blocks down to the threshold."""
-        threshold = int(self.options.garbage_collection_threshold * self._allowed)
-        if self.reserved.current <= threshold:
-            return
-        target, reclaimed = self.reserved.current - threshold, 0
-        pool = self.large
-        freeable = [b for b in pool.blocks() if _whole(b)]
-        total_age = sum(pool.free_blocks_calls - b.gc_base for b in freeable)
-        freed = True
-        while reclaimed < target and freed and freeable:
-            age_threshold, freed = total_age / len(freeable), False
-            for block in list(freeable):
-                age = pool.free_blocks_calls - block.gc_base
-                if age >= age_threshold:
-                    freed, reclaimed, total_age = True, reclaimed + block.size, total_age - age
-                    freeable.remove(block)
-                    self._release_segment(block)
-
     # ---- helpers --------------------------------------------------------------------------------
     def _fraction_limit(self, fraction: float | None) -> int | None:
         if fraction is None:
@@ -389,7 +250,7 @@ class Allocator:
             raise MemcalError("a memory fraction needs device_total_bytes or capacity_bytes")
         return int(fraction * total)
 
-    def _raise_oom(self, p: _Params) -> None:
+    def _raise_oom(self, p: Request) -> None:
         self.num_ooms += 1
         total = self.device_total_bytes or self.capacity_bytes or 0
         free = max((self.capacity_bytes or total) - self.reserved.current, 0)
@@ -402,27 +263,3 @@ class Allocator:
                    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for "
                    "Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
         raise OutOfMemory(message, p.alloc_bytes, allocated, reserved)
-
-
-def _whole(block: Block) -> bool:
-    """A cached block that is its whole (non-expandable) segment: cudaFree can return it."""
-    return not block.is_split and not block.expandable
-
-
-def _growable(block: Block) -> int:
-    """get_free_block's expandable_size: the block plus the unmapped range right after it."""
-    nxt = block.next
-    return block.size + (nxt.size if nxt is not None and not nxt.mapped else 0)
-
-
-def _room(block: Block | None) -> int:
-    """find_expandable_block's has_available_address_space: free or unmapped bytes from here on."""
-    room = 0
-    while block is not None and not block.allocated:
-        room += block.size
-        block = block.next
-    return room
-
-
-def _ceil_to(size: int, multiple: int) -> int:
-    return -(-size // multiple) * multiple
