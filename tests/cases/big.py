@@ -31,6 +31,10 @@ def _deepseek_v3(pick: Pick, config: dict) -> None:
     _aligned(pick, config, "moe_intermediate_size")
     # head_dim is the rotary width (qk_rope_head_dim); a config.json with another one breaks RoPE
     config.pop("head_dim", None)
+    if pick.flag():  # DeepSeek-V3's YaRN, with its attention-scale terms
+        config["rope_parameters"] = dict(rope_type="yarn", rope_theta=10000.0, factor=pick.choice([2.0, 40.0]),
+                                         original_max_position_embeddings=16, beta_fast=32.0, beta_slow=1.0,
+                                         mscale=1.0, mscale_all_dim=1.0)
 
 
 def _llama4_text(pick: Pick, config: dict) -> None:
@@ -46,6 +50,11 @@ def _llama4_text(pick: Pick, config: dict) -> None:
         config["no_rope_layers"] = pick.sequence([0, 1], layers)
     else:
         config["no_rope_layer_interval"] = pick.int(1, 4)
+    if pick.flag():  # an explicit layer_types wins over the RoPE/NoPE pattern
+        config["layer_types"] = pick.sequence(["chunked_attention", "full_attention"], layers)
+    if pick.flag():  # Scout's llama3 RoPE scaling
+        config["rope_parameters"] = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                                         high_freq_factor=4.0, original_max_position_embeddings=16)
 
 
 def _gpt_oss(pick: Pick, config: dict) -> None:
