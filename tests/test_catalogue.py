@@ -27,7 +27,8 @@ ENTRIES = catalogue.entries()
 REPOS = sorted(ENTRIES)
 # Public counts of the models that /work/shared/reference/parameter-counts.md does not list.
 EXTRA_PUBLIC_COUNTS = {"Qwen/Qwen2.5-0.5B": 494_032_768, "Qwen/Qwen2.5-72B": 72_706_203_648,
-                       "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552}
+                       "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,
+                       "openai/gpt-oss-20b": 20_914_757_184}
 
 
 def hf_config(config: dict):
