@@ -1,9 +1,20 @@
 """Random configs of the hybrids whose linear-attention or state-space layers keep a fixed state per
-sequence: qwen3_next (gated delta-net + gated full attention, MoE with a shared expert) and
-nemotron_h (Mamba-2 + attention + MLP / MoE blocks from a pattern)."""
+sequence: qwen3_next and qwen3_5_moe_text (gated delta-net + gated full attention, MoE with a shared
+expert) and nemotron_h (Mamba-2 + attention + MLP / MoE blocks from a pattern)."""
 from __future__ import annotations
 
 from tests.family_cases import Pick
+
+
+def _grouped_mm_rows(pick: Pick, config: dict, *keys: str) -> None:
+    """transformers runs fused experts with torch's grouped_mm, whose CPU kernel (and fake kernel)
+    refuses bf16 rows that are not multiples of 16 bytes: the real run fails as the dry run does.
+    The experts' input and inner widths are drawn as multiples of 8 elements where a config has them."""
+    for key in keys:
+        if key == "hidden_size":  # a multiple of the heads too (validate_architecture)
+            config[key] = 8 * config["num_attention_heads"] * pick.choice([1, 2])
+        else:
+            config[key] = 8 * pick.int(1, 3)
 
 
 def _qwen3_next(pick: Pick, config: dict) -> None:
@@ -25,6 +36,8 @@ def _qwen3_next(pick: Pick, config: dict) -> None:
     config.update(num_experts=experts, num_experts_per_tok=pick.int(1, max(experts, 1)),
                   moe_intermediate_size=pick.int(2, 24), shared_expert_intermediate_size=pick.int(1, 24),
                   decoder_sparse_step=pick.int(1, 3))
+    if experts:
+        _grouped_mm_rows(pick, config, "hidden_size", "moe_intermediate_size")
     if pick.flag():
         config["mlp_only_layers"] = [i for i in range(layers) if pick.flag()]
     rotary = pick.choice([None, 0.5, 1.0])
@@ -36,9 +49,11 @@ def _qwen3_next(pick: Pick, config: dict) -> None:
                                          "partial_rotary_factor": rotary}
 
 
-EXTRA = {
-    "qwen3_next": _qwen3_next,
-}
+def _qwen3_5_moe_text(pick: Pick, config: dict) -> None:
+    _qwen3_next(pick, config)
+    if not config["num_experts"]:  # every layer is an MoE block: at least one expert
+        config.update(num_experts=1, num_experts_per_tok=1)
+        _grouped_mm_rows(pick, config, "hidden_size", "moe_intermediate_size")
 
 
 def _nemotron_h(pick: Pick, config: dict) -> None:
@@ -63,6 +78,13 @@ def _nemotron_h(pick: Pick, config: dict) -> None:
     # NemotronHTopkRouter takes the top 2 scores of each expert group: at least 2 experts
     experts = pick.int(2, 4)
     config.update(n_routed_experts=experts, num_experts_per_tok=pick.int(1, experts))
+    if "E" in blocks:
+        _grouped_mm_rows(pick, config, "moe_intermediate_size",
+                         "hidden_size" if config["moe_latent_size"] is None else "moe_latent_size")
 
 
-EXTRA["nemotron_h"] = _nemotron_h
+EXTRA = {
+    "qwen3_next": _qwen3_next,
+    "qwen3_5_moe_text": _qwen3_5_moe_text,
+    "nemotron_h": _nemotron_h,
+}
