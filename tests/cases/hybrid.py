@@ -24,6 +24,8 @@ def _qwen3_next(pick: Pick, config: dict) -> None:
     if pick.flag():
         types = pick.sequence(["linear_attention", "full_attention"], layers)
         types[pick.int(0, layers - 1)] = "full_attention"
+        if pick.flag():  # the legacy names transformers renames (configuration_utils._LEGACY_LAYER_TYPE_REMAP)
+            types = [{"linear_attention": "mamba", "full_attention": "attention"}[t] for t in types]
         config["layer_types"] = types
     else:
         config["full_attention_interval"] = pick.int(1, layers)
@@ -65,6 +67,8 @@ def _nemotron_h(pick: Pick, config: dict) -> None:
         config["hybrid_override_pattern"] = "".join(blocks)
     else:
         names = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+        if pick.flag():
+            names.update(M="mamba", **{"*": "attention"})  # legacy names, renamed by transformers
         config["layers_block_type" if form == "list" else "layer_types"] = [names[b] for b in blocks]
     groups = pick.choice([1, 2])
     config.update(mamba_num_heads=groups * pick.choice([1, 2, 3]), mamba_head_dim=pick.choice([2, 4, 8]),
