@@ -52,3 +52,29 @@ def test_transformers_falls_back_where_the_cpu_kernel_would_raise():
     assert not moe._can_use_grouped_mm(torch.randn(2, 6, dtype=torch.bfloat16), torch.randn(1, 6, 16), offs)
     out = moe._grouped_mm(torch.randn(2, 6), torch.randn(1, 6, 5), offs)  # the fallback op, not an error
     assert out.shape == (2, 5)
+
+
+def _moe_families() -> list[str]:
+    from estimator.spec import spec_from_dict, supported_families
+    from tests.family_cases import random_configs
+    return [f for f in supported_families() if spec_from_dict(random_configs(f, 1, seed="experts")[0]).is_moe]
+
+
+@pytest.mark.parametrize("family", _moe_families())
+def test_moe_dry_run_equals_real_cpu_in_fp32(family):
+    """A random config of every MoE family (any widths), fp32: every allocation and free as on the CPU."""
+    from estimator.spec import spec_from_dict
+    from estimator.workload import Workload
+    from harness.build import build_model
+    from harness.measure import run_point
+    from tests.family_cases import random_configs
+    spec = spec_from_dict(random_configs(family, 1, seed="experts")[0])
+    first = Workload(batch=2, prompt_len=6, dtype="fp32", attention="eager")
+    real, fake = build_model(spec, first, "cpu"), build_model(spec, first, "dry-run")
+    assert real.weight_bytes == fake.weight_bytes
+    for wl in (first, first.with_(new_tokens=3, phase="generate")):
+        traces = [], []
+        r, f = (run_point(b, wl, keep_trace=True, tracker_out=t) for b, t in zip((real, fake), traces))
+        assert r.ok and f.ok, (r.message, f.message)
+        assert (f.peak_tensor_bytes, f.kv_cache_bytes) == (r.peak_tensor_bytes, r.kv_cache_bytes)
+        assert [(e.op, e.delta_bytes) for e in traces[1][0].trace] == [(e.op, e.delta_bytes) for e in traces[0][0].trace]
