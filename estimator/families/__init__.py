@@ -10,7 +10,8 @@ read the record; no code branches on a family name.
 
 A record may ``inherit`` another: tables (``config``, ``dims``, ``layers``, ``cache``,
 ``activations``) merge key by key, tensors replace by name (in place) or append, and
-``drop_tensors`` removes inherited ones. Extra folders of records (a user's own families, tests) are
+``drop_tensors`` removes inherited ones; ``attribute_map`` merges alias by alias, and an alias mapped to
+``""`` removes the parent's. Extra folders of records (a user's own families, tests) are
 added with `add_path` or the ``MEMCAL_FAMILIES_PATH`` environment variable (``os.pathsep``-separated);
 they are searched first.
 """
@@ -122,8 +123,8 @@ def _merge(parent: dict, child: dict) -> dict:
             out[key] = merged
         elif key == "tensors":
             out["tensors"] = _merge_tensors(parent.get("tensors", ()), value, set(child.get("drop_tensors", ())))
-        elif key == "attribute_map":
-            out[key] = {**parent.get(key, {}), **value}
+        elif key == "attribute_map":  # an alias mapped to "" drops the parent's (a class without it)
+            out[key] = {alias: k for alias, k in {**parent.get(key, {}), **value}.items() if k}
         elif key == "nulls":
             out["nulls"] = sorted(set(parent.get("nulls", ())) | set(value))
         else:

@@ -88,7 +88,9 @@ def weight_bytes(spec: ModelSpec, workload: Workload, device: str | None = None)
     (0.49+, on CPUs with AVX512-BF16) repacks them on the first forward for its fused kernel, with
     the absmax in bf16 and double quantization undone.
     """
-    return parameter_bytes(spec, workload, device) + buffer_bytes(spec, workload)
+    # parameters transformers keeps in fp32 whatever the dtype (ERNIE 4.5's router) cost more than parameter_bytes says
+    kept = 0 if workload.is_gguf else parameter_layout(spec).own_dtype_extra_bytes(workload.dtype_bytes)
+    return parameter_bytes(spec, workload, device) + kept + buffer_bytes(spec, workload)
 
 
 def parameter_bytes(spec: ModelSpec, workload: Workload, device: str | None = None) -> int:
