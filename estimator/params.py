@@ -287,8 +287,17 @@ def _group(entry, spec, scope, layers):
     return TensorGroup(entry["name"], kind, shape, count, bias, entry.get("dtype", "compute"), layers, path)
 
 
+def _copies(entry, spec) -> list:
+    """An entry with ``copies`` stands for that many tensors, its name's ``{j}`` numbered 0, 1, …
+    (a ModuleList inside a layer, e.g. one norm per head); evaluated over the model's dims."""
+    if "copies" not in entry:
+        return [entry]
+    n = _value(entry["copies"], dict(spec.scope), spec, f"copies of {entry['name']}")
+    return [{**entry, "name": entry["name"].replace("{j}", str(j))} for j in range(int(n))]
+
+
 def _layout(spec) -> ParamLayout:
-    groups = [g for e in spec.record.tensors for g in _groups(e, spec)]
+    groups = [g for e in spec.record.tensors for c in _copies(e, spec) for g in _groups(c, spec)]
     head = next((g for g in groups if isinstance(g, LinearGroup) and g.name == "lm_head"), None)
     linears = tuple(g for g in groups if isinstance(g, LinearGroup) and g is not head)
     tensors = tuple(g for g in groups if isinstance(g, TensorGroup))

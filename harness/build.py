@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from estimator.errors import MemcalError
+from estimator.expr import evaluate
 from estimator.spec import ModelSpec
 from estimator.workload import Workload
 
@@ -111,6 +112,15 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str 
             return "flash attention needs the flash_attn package (not installed here)"
         if device != "cuda":
             return "flash attention runs on CUDA only"
+    return _record_refusal(spec, workload)
+
+
+def _record_refusal(spec: ModelSpec, workload: Workload) -> str | None:
+    """The reason the family's record gives for a workload transformers cannot run (`unsupported`)."""
+    scope = {**spec.scope, "phase": workload.phase, "cache": workload.cache, "attention": workload.attention}
+    for condition, reason in (spec.record.unsupported if spec.record else ()):
+        if evaluate(condition, scope):
+            return reason
     return None
 
 

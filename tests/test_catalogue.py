@@ -108,14 +108,16 @@ def test_attention_shapes_match_modules(repo, built):
     """The spec's head sizes are the attention modules' own (every attention module that has them)."""
     spec = load_spec(repo)
     _, model = built[repo]
-    names = ("head_dim", "qk_head_dim", "v_head_dim")  # MLA keeps separate key and value widths
+    # MLA keeps separate key and value widths; GPTNeoXAttention names its head_dim head_size
+    names = ("head_dim", "qk_head_dim", "v_head_dim", "head_size")
     modules = [m for m in model.modules() if type(m).__name__.endswith("Attention") and
                any(hasattr(m, n) for n in names)]
     assert modules, "no attention module found"
     for m in modules:
         for n in names:
             if isinstance(getattr(m, n, None), int):
-                assert getattr(m, n) == (spec.head_dim if n == "head_dim" else spec.dim(n)), (type(m).__name__, n)
+                want = spec.head_dim if n in ("head_dim", "head_size") else spec.dim(n)
+                assert getattr(m, n) == want, (type(m).__name__, n)
     kv = {getattr(m, "num_key_value_heads", None) or getattr(m, "kv_heads", None) for m in modules} - {None}
     assert kv <= {spec.num_kv_heads}
     assert spec.num_kv_heads == getattr(model.config.get_text_config(), "num_key_value_heads", spec.num_kv_heads)

@@ -31,7 +31,8 @@ _HERE = Path(__file__).parent
 _EXTRA: list[Path] = []
 _MERGED_TABLES = ("config", "dims", "layers", "cache", "activations")
 _TOP_KEYS = {"model_type", "inherit", "source", "declares_kv_heads", "prefix", "layers_path", "nulls",
-             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", *_MERGED_TABLES}
+             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", "unsupported",
+             *_MERGED_TABLES}
 TENSOR_KINDS = ("linear", "conv1d", "embedding", "norm", "param", "router", "experts", "buffer")
 
 
@@ -56,6 +57,9 @@ class FamilyRecord:
     activations: Mapping[str, Any]       # memcal formula's family terms
     program: Mapping[str, Any] | None = None  # the forward as data (estimator/program.py), derived from traces
     chain: tuple[str, ...] = ()          # the record and its ancestors, nearest first
+    # (condition, reason) pairs: workloads transformers itself cannot run on such a model; a condition
+    # reads the dims and the workload's `phase`, `cache` and `attention` (the harness refuses them)
+    unsupported: tuple[tuple[str, str], ...] = ()
 
     def defaults(self) -> dict[str, Any]:
         """The config namespace before a config.json is read: None for `nulls`, then `config`."""
@@ -210,6 +214,7 @@ def get(model_type: str | None) -> FamilyRecord | None:
         layers=_frozen(data.get("layers", {})), cache=_frozen(data.get("cache", {})),
         tensors=_frozen(data.get("tensors", [])), activations=_frozen(data.get("activations", {})),
         program=_frozen(data["program"]) if "program" in data else None, chain=chain,
+        unsupported=tuple(tuple(u) for u in data.get("unsupported", ())),
     )
 
 
