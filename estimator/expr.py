@@ -40,6 +40,15 @@ class ExprError(MemcalError):
 
 
 @lru_cache(maxsize=None)
+def _code(text: str):
+    """The checked expression compiled once (only the node kinds `parse` allows reach here)."""
+    return compile(ast.Expression(parse(text)), "<memcal expression>", "eval")
+
+
+_GLOBALS = {"__builtins__": {}, **FUNCTIONS}
+
+
+@lru_cache(maxsize=None)
 def parse(text: str) -> ast.expr:
     """Parse and check one expression (cached: every record's rules are parsed once per process)."""
     try:
@@ -55,11 +64,12 @@ def parse(text: str) -> ast.expr:
     return tree
 
 
-def names(text: str) -> set[str]:
+@lru_cache(maxsize=None)
+def names(text: str) -> frozenset[str]:
     """The free names an expression reads (functions excluded)."""
     tree = parse(text)
     called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called
+    return frozenset({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called)
 
 
 def evaluate(text: Any, scope: Mapping[str, Any]) -> Any:
@@ -67,11 +77,12 @@ def evaluate(text: Any, scope: Mapping[str, Any]) -> Any:
     if not isinstance(text, str):
         return text
     try:
-        return _eval(parse(text), scope)
+        return eval(_code(text), _GLOBALS, scope)  # noqa: S307 (a checked tree, no builtins)
     except ExprError:
         raise
-    except KeyError as exc:
-        raise ExprError(f"expression {text!r} reads {exc.args[0]!r}, which is not defined here") from None
+    except (KeyError, NameError) as exc:
+        name = exc.args[0] if isinstance(exc, KeyError) else getattr(exc, "name", str(exc))
+        raise ExprError(f"expression {text!r} reads {name!r}, which is not defined here") from None
     except (TypeError, ValueError, ZeroDivisionError, IndexError) as exc:
         raise ExprError(f"expression {text!r} failed: {exc}") from None
 

@@ -11,12 +11,12 @@ D1… and COND are expressions (estimator/expr.py) over the spec's dims and the 
 (batch), t (positions in this forward), ctx (positions attended), n_logits (positions whose logits
 are computed), rows (b in generate, else 1), i (the layer), and the flags half (16-bit compute),
 eager, sdpa, gqa (fewer KV heads than heads), mqa (one KV head), sliding (the model has sliding
-layers), past_window (ctx reaches the window), long_prompt (so do the forward's own positions), generate, decode (a generate step after the prompt),
+layers), full_layers (it has full-attention layers), past_window (ctx reaches the window), beyond_window (passes it), long_prompt (so do the forward's own positions), generate, decode (a generate step after the prompt),
 static (a static cache). DTYPE is
 ``e`` (the compute dtype), ``kv`` (the cache dtype) or a fixed one (``f32``, ``i64``, ``i32``,
 ``bool``, ``f16``, ``bf16``).
 
-A forward runs ``prologue``, then each layer's program (``layer.<attention kind>/<mlp kind>``), then
+A forward runs ``prologue``, then each layer's program (``layer."<attention kind>/<mlp kind>[/<variant>]"``), then
 ``epilogue``. IDs are local to their part; the tensors a part names ``outN`` live on and are
 ``inN`` to the next part (the prologue's to the first layer, a layer's to the next, the last layer's
 to the epilogue; freeing an ``in`` that does not exist does nothing), and any part may free a
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -169,7 +170,9 @@ def flags(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, bool]:
             "generate": w.phase == "generate", "decode": decode,
             "static": w.cache == "static" and w.phase == "generate",
             "gqa": spec.num_kv_heads < spec.num_heads, "mqa": spec.num_kv_heads == 1 < spec.num_heads,
-            "sliding": sliding, "past_window": sliding and ctx >= spec.sliding_window,
+            "sliding": sliding, "full_layers": "full_attention" in spec.layer_types,
+            "past_window": sliding and ctx >= spec.sliding_window,
+            "beyond_window": sliding and ctx > spec.sliding_window,
             "long_prompt": sliding and tokens >= spec.sliding_window,
             "aligned": not spec.is_moe or all(v * e % ALIGNMENT_BYTES == 0 for v in widths)}
 
@@ -178,33 +181,58 @@ def _outs(replay: "_Replay", label: str) -> list[str]:
     return sorted((k for k in replay.alive if k.startswith(label + ":out")), key=lambda k: int(k.rsplit("out", 1)[1]))
 
 
+@lru_cache(maxsize=None)
 def _reads_layer(steps: tuple[Step, ...]) -> bool:
     return any("i" in names(s.cond) for s in steps if s.cond) or \
         any("i" in names(d) for s in steps for d in s.shape)
 
 
+def _layer_effect(steps, ins: tuple[int, ...], pro: dict[str, int], label: str):
+    """What one layer does to memory given the sizes of its inputs and the prologue tensors still
+    alive: (peak above its start, change of live, its outputs' sizes, prologue ids it freed, op at peak)."""
+    sub = _Replay()
+    sub.alive = {**{f"in:{n}": size for n, size in enumerate(ins)}, **{f"pro:{k}": v for k, v in pro.items()}}
+    names = {f"in{n}": f"in:{n}" for n in range(len(ins))}
+    names.update({f"pro.{k}": f"pro:{k}" for k in pro})
+    sub.run(steps, names, label)
+    outs = tuple(sub.alive[k] for k in _outs(sub, label))
+    freed = tuple(k for k in pro if f"pro:{k}" not in sub.alive)
+    return sub.peak, sub.live, outs, freed, sub.where.split(": ", 1)[-1]
+
+
 def forward(spec, scope: Mapping[str, Any]) -> ForwardRun:
-    """Replay the spec's program for one forward in `scope` (dims, b, t, ctx, n_logits, flags)."""
+    """Replay the spec's program for one forward in `scope` (dims, b, t, ctx, n_logits, flags).
+    Layers of one kind with the same inputs do the same thing: each such effect is computed once."""
     program = program_of(spec)
     if program is None:
         raise MemcalError(f"memcal's formula needs a forward program for model type {spec.family!r} "
                           "(tools/derive_program.py derives it from the dry run)")
     replay = _Replay()
     replay.run(_compile(program.prologue, scope), {}, "prologue")
+    pro = {k.split(":", 1)[1]: v for k, v in replay.alive.items()}
+    outs = tuple(replay.alive[k] for k in _outs(replay, "prologue"))  # the first layer's inputs
+    replay.alive = {}
+    live = replay.live
     compiled: dict[str, list] = {}
-    outs = _outs(replay, "prologue")  # the prologue's outN are the first layer's inN
-    for i, kind in enumerate(f"{a}/{m}" for a, m in zip(spec.layer_types, spec.layer_mlp)):
+    effects: dict[tuple, tuple] = {}
+    for i, kind in enumerate(spec.layer_kinds):
         if kind not in program.layers:
             raise MemcalError(f"the forward program of {spec.family!r} has no layer of kind {kind!r}")
-        steps = compiled.get(kind)
-        if steps is None or _reads_layer(program.layers[kind]):
-            steps = compiled[kind] = _compile(program.layers[kind], {**scope, "i": i})
-        label = f"layer {i} ({kind})"
-        names = {f"pro.{k.split(':', 1)[1]}": k for k in replay.alive if k.startswith("prologue:")}
-        names.update({f"in{n}": key for n, key in enumerate(outs)})
-        replay.run(steps, names, label)
-        outs = _outs(replay, label)
-    names = {f"pro.{k.split(':', 1)[1]}": k for k in replay.alive if k.startswith("prologue:")}
-    names.update({f"in{n}": key for n, key in enumerate(outs)})
+        per_layer = _reads_layer(program.layers[kind])
+        if kind not in compiled or per_layer:
+            compiled[kind] = _compile(program.layers[kind], {**scope, "i": i})
+        key = (kind, outs, tuple(sorted(pro.items())), i if per_layer else None)
+        if key not in effects:
+            effects[key] = _layer_effect(compiled[kind], outs, pro, f"layer {i} ({kind})")
+        peak, delta, outs, freed, op = effects[key]
+        if live + peak > replay.peak:
+            replay.peak, replay.where = live + peak, f"layer {i} ({kind}): {op}"
+        live += delta
+        for k in freed:
+            pro.pop(k, None)
+    replay.live = live
+    replay.alive = {**{f"pro:{k}": v for k, v in pro.items()}, **{f"in:{n}": v for n, v in enumerate(outs)}}
+    names = {f"pro.{k}": f"pro:{k}" for k in pro}
+    names.update({f"in{n}": f"in:{n}" for n in range(len(outs))})
     replay.run(_compile(program.epilogue, scope), names, "epilogue")
     return ForwardRun(replay.peak, replay.live, replay.where)

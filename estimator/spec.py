@@ -68,6 +68,7 @@ class ModelSpec:
     layer_types: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     layer_mlp: tuple[str, ...] = ()
+    layer_variant: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     record: families.FamilyRecord | None = field(default=None, repr=False, compare=False)
     scope: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -82,6 +83,12 @@ class ModelSpec:
         """Exact parameter count, computed analytically from the architecture (tied weights once)."""
         from .params import parameter_layout
         return parameter_layout(self).parameters
+
+    @property
+    def layer_kinds(self) -> tuple[str, ...]:
+        """Each layer's key in the forward program: "attention kind/MLP kind[/variant]"."""
+        variants = self.layer_variant or ("",) * len(self.layer_types)
+        return tuple(f"{a}/{m}" + (f"/{v}" if v else "") for a, m, v in zip(self.layer_types, self.layer_mlp, variants))
 
     @property
     def is_moe(self) -> bool:
@@ -172,20 +179,24 @@ def _dims(record: families.FamilyRecord, scope: dict, name: str) -> None:
         scope[dim] = value
 
 
-def _per_layer(record: families.FamilyRecord, scope: dict, layers: int, name: str) -> tuple[tuple, tuple]:
+def _per_layer(record: families.FamilyRecord, scope: dict, layers: int, name: str) -> tuple[tuple, tuple, tuple]:
+    """Each layer's attention kind, MLP kind and variant (e.g. a layer without rotary: its forward
+    differs, its cache does not)."""
     explicit = scope.get("layer_types")
     if explicit and len(explicit) != layers:
         raise MemcalError(f"config of {name!r}: layer_types has {len(explicit)} entries for {layers} layers")
-    attention, mlp = [], []
-    rules = (record.layers.get("attention", "'full_attention'"), record.layers.get("mlp", "'dense'"))
+    attention, mlp, variant = [], [], []
+    rules = (record.layers.get("attention", "'full_attention'"), record.layers.get("mlp", "'dense'"),
+             record.layers.get("variant", "''"))
     for i in range(layers):
         local = ChainMap({"i": i}, scope)
         try:
             attention.append(str(evaluate(rules[0], local)))
             mlp.append(str(evaluate(rules[1], local)))
+            variant.append(str(evaluate(rules[2], local) or ""))
         except ExprError as exc:
             raise MemcalError(f"config of {name!r}: {exc}") from None
-    return tuple(attention), tuple(mlp)
+    return tuple(attention), tuple(mlp), tuple(variant)
 
 
 def _check(record: families.FamilyRecord, scope: Mapping[str, Any], name: str) -> None:
@@ -230,7 +241,7 @@ def spec_from_dict(config: Mapping[str, Any], name: str | None = None) -> ModelS
     if scope.get("head_dim") is None:
         scope["head_dim"] = scope["hidden"] // scope["heads"]
     _check(reading, scope, str(name))
-    layer_types, layer_mlp = _per_layer(reading, scope, scope["layers"], str(name))
+    layer_types, layer_mlp, layer_variant = _per_layer(reading, scope, scope["layers"], str(name))
     window = scope.get("window") if "sliding_attention" in layer_types else None
     return ModelSpec(
         name=str(name), family=family, hidden_size=scope["hidden"], num_layers=scope["layers"],
@@ -239,7 +250,7 @@ def spec_from_dict(config: Mapping[str, Any], name: str | None = None) -> ModelS
         max_position_embeddings=scope.get("positions"), tie_word_embeddings=bool(scope.get("tie")),
         declares_kv_heads=reading.declares_kv_heads if record else "num_key_value_heads" in config,
         num_experts=int(scope.get("experts") or 0), experts_per_token=int(scope.get("top_k") or 0),
-        sliding_window=window, layer_types=layer_types, layer_mlp=layer_mlp, notes=notes,
+        sliding_window=window, layer_types=layer_types, layer_mlp=layer_mlp, layer_variant=layer_variant, notes=notes,
         config=MappingProxyType(dict(config)), record=record, scope=MappingProxyType(dict(scope)),
     )
 

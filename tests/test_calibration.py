@@ -44,7 +44,7 @@ def test_apply_factors_scales_offsets_and_clips_at_zero():
 def test_profile_round_trip_and_overwrite(tmp_path):
     path = tmp_path / "p.json"
     p = profile(memcal={"activation_scale": 1.25, "activation_offset_bytes": 4096,
-                        "coefficients": {"logits_streams": 1.5}})
+                        "coefficients": {"processor_copies": 1.5}})
     p.dump(path)
     data = json.loads(path.read_text())
     assert data["type"] == "memcal-calibration" and data["schema_version"] == CALIBRATION_SCHEMA_VERSION
@@ -86,11 +86,11 @@ def test_estimate_applies_a_profile_to_the_formulas_it_covers(tmp_path):
 
 
 def test_memcal_coefficients_are_applied_inside_the_formula():
-    # Llama 3's 128k vocabulary: a prefill's peak is its logits, so logits_streams moves it.
-    raw = estimate(MODEL, batch=4, seq=4096, formulas=["memcal"]).breakdowns["memcal"]
-    assert "peak set by: logits" in raw.notes
-    cal = estimate(MODEL, batch=4, seq=4096, formulas=["memcal"],
-                   calibration=profile(memcal={"coefficients": {"logits_streams": 2.0}})).breakdowns["memcal"]
+    # Llama 3's 128k vocabulary: a short generate peaks processing its logits, which processor_copies counts.
+    raw = estimate(MODEL, batch=8, seq=16, new_tokens=2, formulas=["memcal"]).breakdowns["memcal"]
+    assert "processing" in raw.notes[0]
+    cal = estimate(MODEL, batch=8, seq=16, new_tokens=2, formulas=["memcal"],
+                   calibration=profile(memcal={"coefficients": {"processor_copies": 5.0}})).breakdowns["memcal"]
     assert cal.activation_bytes > raw.activation_bytes
     with pytest.raises(MemcalError, match="coefficients apply to memcal"):
         estimate(MODEL, formulas=["per-token"], calibration=profile(**{"per-token": {"coefficients": {"x": 1}}}))

@@ -101,14 +101,15 @@ def test_overhead_at_the_allocator_level_is_recovered(tmp_path):
 
 def test_a_named_memcal_coefficient_is_recovered(tmp_path):
     from estimator.formulas import memcal
-    # Llama 3's 128k vocabulary: its prefill peaks are the logits, which logits_streams counts.
-    truth = memcal.DEFAULT.logits_streams + 0.5
+    # Llama 3's 128k vocabulary: generate peaks while processing the last position's logits, whose
+    # fp32 copies processor_copies counts.
+    truth = memcal.DEFAULT.processor_copies + 0.5
     path = synthetic(tmp_path / "s.jsonl", scale=1.0, offset=0, models=("meta-llama/Llama-3.2-1B",),
-                     coefficients={"logits_streams": truth})
+                     coefficients={"processor_copies": truth})
     plain = fit([path], formulas=["memcal"]).fits["memcal"]
-    result = fit([path], formulas=["memcal"], settings=FitSettings(coefficients=("logits_streams",)))
+    result = fit([path], formulas=["memcal"], settings=FitSettings(coefficients=("processor_copies",)))
     f = result.fits["memcal"].factors
-    assert f.coefficients["logits_streams"] == pytest.approx(truth, abs=0.02)
+    assert f.coefficients["processor_copies"] == pytest.approx(truth, abs=0.02)
     assert result.fits["memcal"].errors["in_sample"]["max"] < min(0.002, plain.errors["in_sample"]["max"])
     with pytest.raises(MemcalError, match="unknown coefficient"):
         FitSettings(coefficients=("activation_scale",))

@@ -38,8 +38,8 @@ from harness.tracker import StorageTracker  # noqa: E402
 DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int64: "i64",
                torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8", torch.int8: "i8"}
 COMPUTE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FLAGS = ("half", "eager", "generate", "decode", "static", "gqa", "mqa", "sliding", "past_window", "long_prompt",
-         "aligned")
+FLAGS = ("half", "eager", "generate", "decode", "static", "gqa", "mqa", "sliding", "full_layers", "past_window",
+         "beyond_window", "long_prompt", "aligned")
 # Ops that allocate the same output whatever their inputs (a linear layer with or without bias).
 SAME_OP = {"addmm": "mm"}
 PRIMES = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]
@@ -304,8 +304,9 @@ def merge(observations: list[Observation], problems: list[str] | None = None, pa
 # --- fitting -------------------------------------------------------------------------------------------
 def candidates(variables: list[str]):
     """Expressions by increasing complexity."""
-    yield from ("1", "2")
+    yield "1"
     yield from variables
+    yield "2"
     for v in variables:
         for c in (2, 3, 4):
             yield f"{c} * {v}"
@@ -492,9 +493,10 @@ def select_configs(family: str, n: int) -> list[dict]:
 def workload_sizes(spec, n: int) -> tuple[int, int]:
     """Batch and prompt length unlike any dim of the config and unlike other configs' (primes)."""
     taken = set(_int_dims(spec).values())
-    batches = [p for p in (3, 5, 2, 7, 11) if p not in taken]
-    prompts = [p for p in (13, 17, 19, 23, 29, 31, 37) if p not in taken]
-    return batches[n % len(batches)], prompts[n % len(prompts)] + (spec.sliding_window or 0)
+    rotate = lambda values: values[n % len(values):] + values[:n % len(values)]  # noqa: E731
+    batch = next(p for p in rotate([3, 5, 2, 7, 11, 13]) if p not in taken)
+    prompt = next(p for p in rotate([13, 17, 19, 23, 29, 31, 37]) if p not in taken)
+    return batch, prompt + (spec.sliding_window or 0)
 
 
 def main() -> None:
@@ -532,7 +534,7 @@ def main() -> None:
                     for part, tokens in parts.items():
                         if isinstance(part, tuple):
                             i = part[1]
-                            kind = f"{spec.layer_types[i]}/{spec.layer_mlp[i]}"
+                            kind = spec.layer_kinds[i]
                             by_kind.setdefault(kind, []).append((i, tokens))
                     for kind, layers in by_kind.items():
                         i, tokens = layers[1] if len(layers) > 1 else layers[0]
