@@ -462,7 +462,8 @@ def _int_dims(spec) -> dict[str, int]:
 
 def select_configs(family: str, n: int) -> list[dict]:
     """`n` configs whose dims differ from each other's and within each config as much as possible (so
-    that every fit is unambiguous), with MHA, GQA and MQA among them."""
+    that every fit is unambiguous), MHA, GQA and MQA (and aligned or not experts) among them, then
+    more until every kind of layer is seen in at least three configs."""
     from tests.family_cases import random_configs
     pool = []
     for config in random_configs(family, 400, seed="derive"):
@@ -473,20 +474,27 @@ def select_configs(family: str, n: int) -> list[dict]:
         if spec.num_layers >= 2:
             kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
             aligned = program.flags(spec, Workload(dtype="bf16"), 1, 1, False)["aligned"]
-            pool.append((config, _int_dims(spec), (kind, aligned)))
+            pool.append((config, _int_dims(spec), (kind, aligned), frozenset(spec.layer_kinds)))
     chosen: list[tuple] = []
-    while len(chosen) < n and pool:
-        def score(item):
-            config, dims, gqa = item
-            values = [v for v in dims.values() if v > 1]
-            inside = len(set(values)) - len(values)
-            across = sum(all(dims.get(k) != other[1].get(k) for other in chosen) for k in dims)
-            fresh = gqa not in {c[2] for c in chosen}
-            ones = sum(v == 1 for k, v in dims.items() if not (gqa[0] == "mqa" and k == "kv_heads"))
-            return 3 * inside + across + 5 * fresh - 3 * ones
-        best = max(pool, key=score)
+
+    def score(item) -> int:
+        _, dims, variant, _ = item
+        values = [v for v in dims.values() if v > 1]
+        inside = len(set(values)) - len(values)
+        across = sum(all(dims.get(k) != other[1].get(k) for other in chosen) for k in dims)
+        fresh = (variant[0] not in {c[2][0] for c in chosen}) + (variant[1] not in {c[2][1] for c in chosen})
+        ones = sum(v == 1 for k, v in dims.items() if not (variant[0] == "mqa" and k == "kv_heads"))
+        return 3 * inside + across + 20 * fresh - 3 * ones
+
+    def take(candidates) -> None:
+        best = max(candidates, key=score)
         pool.remove(best)
         chosen.append(best)
+    while len(chosen) < n and pool:
+        take(pool)
+    for kind in sorted({k for item in pool for k in item[3]}):  # each kind of layer in three configs
+        while sum(kind in c[3] for c in chosen) < 3 and any(kind in item[3] for item in pool):
+            take([item for item in pool if kind in item[3]])
     return [c[0] for c in chosen]
 
 
@@ -537,7 +545,8 @@ def main() -> None:
                             kind = spec.layer_kinds[i]
                             by_kind.setdefault(kind, []).append((i, tokens))
                     for kind, layers in by_kind.items():
-                        i, tokens = layers[1] if len(layers) > 1 else layers[0]
+                        # a layer after the first: its input is a layer's output, as for every layer but one
+                        i, tokens = next((lt for lt in layers if lt[0] > 0), layers[0])
                         observations[f"layer:{kind}"].append(
                             Observation(tokens, {**info["scope"], "i": i}, info["flags"], fid))
     for f in failures:
