@@ -8,9 +8,8 @@ import pytest
 
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.build import build_model
-from harness.measure import measure, run_point
-from harness_helpers import DENSE, quiet, tiny
+from harness.measure import build_model, measure, run_point
+from tests.harness_helpers import DENSE, quiet, tiny
 
 quiet()
 
@@ -25,7 +24,8 @@ def _pair(config, dtype, attention, workloads, cache="dynamic"):
         r = run_point(real, wl, keep_trace=True, tracker_out=traces[0])
         f = run_point(fake, wl, keep_trace=True, tracker_out=traces[1])
         assert r.ok and f.ok, (r.message, f.message)
-        yield wl, r, f, [(e.op, e.delta_bytes) for e in traces[0][0].trace], [(e.op, e.delta_bytes) for e in traces[1][0].trace]
+        real_trace, fake_trace = ([(e.op, e.delta_bytes) for e in t[0].trace] for t in traces)
+        yield wl, r, f, real_trace, fake_trace
 
 
 def _workloads(dtype, attention, cache="dynamic"):

@@ -1,4 +1,4 @@
-"""harness.fakemode.DryRunMode: the same cache keys as FakeTensorMode, the same counts as a tracker
+"""harness.measure.DryRunMode: the same cache keys as FakeTensorMode, the same counts as a tracker
 stacked on top of a stock FakeTensorMode, and the memory cap working from inside the mode."""
 from __future__ import annotations
 
@@ -9,15 +9,11 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import harness.fakemode as fakemode
+import harness.measure._fakemode as fakemode
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.build import build_model
-from harness.fakemode import DryRunMode
-from harness.measure import run_point
-from harness.probes import DryRunProbe
-from harness.tracker import StorageTracker
-from harness_helpers import quiet, tiny
+from harness.measure import DryRunMode, DryRunProbe, StorageTracker, build_model, run_point
+from tests.harness_helpers import quiet, tiny
 
 quiet()
 

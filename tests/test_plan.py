@@ -10,7 +10,7 @@ import pytest
 from estimator import estimate
 from estimator.calibration import Calibration, Factors
 from estimator.errors import MemcalError
-from harness.plan import plan, verify
+from harness.analysis import plan, verify
 from memcal.cli import main
 
 TINY = str(Path(__file__).parent / "data" / "configs" / "tiny-llama.json")

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-import harness.pytest_plugin as plugin
+import harness.gate.pytest_plugin as plugin
 
 pytest_plugins = ["pytester"]
 
@@ -81,7 +81,7 @@ def test_the_plugin_is_registered_through_the_pytest11_entry_point(pytestconfig)
     # every memcal distribution pytest can see (a stale memcal.egg-info in the checkout may come first)
     points = {ep.value for dist in importlib.metadata.distributions() if dist.metadata["Name"] == "memcal"
               for ep in dist.entry_points if ep.group == "pytest11" and ep.name == "memcal"}
-    assert points == {"harness.pytest_plugin"}
+    assert points == {"harness.gate.pytest_plugin"}
     assert pytestconfig.pluginmanager.get_plugin("memcal") is plugin
 
 

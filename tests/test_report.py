@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from estimator.errors import MemcalError
-from harness.fit import fit
-from harness.report import build_report, markdown, report
+from harness.analysis import build_report, fit, markdown, report
 from memcal.cli import main
 
 DATA = Path(__file__).parent / "data"

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from estimator.errors import MemcalError
-from harness.experiment import load_experiment
-from harness.results import load_results, read_results
+from harness.sweep import load_experiment, load_results, read_results
 from memcal.cli import main
 from memcal.commands.sweep import sweep
-from sweep_helpers import lines, write_experiment
+from tests.sweep_helpers import lines, write_experiment
 
 
 def statuses(path: Path) -> dict[tuple, str]:

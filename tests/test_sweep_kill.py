@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.experiment import load_experiment
-from sweep_helpers import write_experiment
+from harness.sweep import load_experiment
+from tests.sweep_helpers import write_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,7 +28,7 @@ from estimator.errors import MemcalError
 from estimator.spec import ModelSpec
 from estimator.workload import Workload
 
-from .tracker import storages_bytes
+from ._tracker import storages_bytes
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTN_IMPL = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
@@ -175,7 +175,7 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
     if device == "dry-run":
         if weights_path is not None:
             notes.append("dry run: the weights folder gives the config only; weights are fake")
-        from .fakemode import DryRunMode
+        from ._fakemode import DryRunMode
         fake_mode = DryRunMode()
         model = _random(_config(spec, workload), workload, torch_device, fake_mode)
     elif weights_path is not None:
