@@ -38,6 +38,7 @@ CASES += [("mixtral", "bf16", "eager"), ("mixtral", "bf16", "sdpa"), ("gemma2", 
           ("gemma2", "bf16", "eager")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,dtype,attention", CASES)
 def test_dry_run_equals_real_cpu(family, dtype, attention):
     for wl, real, fake, real_trace, fake_trace in _pair(tiny(family), dtype, attention, _workloads(dtype, attention)):
@@ -46,6 +47,7 @@ def test_dry_run_equals_real_cpu(family, dtype, attention):
         assert fake_trace == real_trace  # every allocation and free, in order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "mistral", "gpt2"])
 def test_dry_run_static_cache_and_sliding_window(family):
     config = tiny(family, sliding_window=4) if family == "mistral" else tiny(family)
@@ -55,6 +57,7 @@ def test_dry_run_static_cache_and_sliding_window(family):
         assert fake_trace == real_trace
 
 
+@pytest.mark.slow
 def test_dry_run_decode_dominated_peak():
     # One prompt token, many new ones: the peak is in the decode loop (cache growth), not the prefill.
     wls = [Workload(batch=4, prompt_len=1, new_tokens=16, dtype="fp32", attention="eager")]
@@ -75,6 +78,7 @@ LLAMA3_70B = dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
                   rope_theta=500000.0, tie_word_embeddings=False, _name_or_path="llama-3-70b-shape")
 
 
+@pytest.mark.slow
 def test_llama3_70b_dry_run_in_seconds():
     spec = load_spec(LLAMA3_70B)
     wl = Workload(batch=16, prompt_len=8192, dtype="bf16", attention="sdpa")

@@ -49,6 +49,7 @@ def _workloads(dtype):
 
 @pytest.mark.parametrize("family,dtype", [("llama", "fp32"), ("gpt2", "fp32"), ("phi3", "bf16"),
                                           ("gemma2", "bf16"), ("mixtral", "bf16")])
+@pytest.mark.slow
 def test_fast_cache_key_equals_stock_key_over_whole_traces(family, dtype, monkeypatch):
     assert fakemode.FAST_KEY_SUPPORTED  # torch 2.13's TensorMetadata, as pinned in constraints/cpu.txt
     monkeypatch.setattr(fakemode, "DryRunMode", _KeyCheckingMode)
@@ -75,6 +76,7 @@ def _traces(mode_class, family, wl, monkeypatch):
     return record, [(e.op, e.delta_bytes, e.live_bytes) for e in out[0].trace]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
 @pytest.mark.parametrize("phase", ["prefill", "generate"])
 def test_tracker_inside_the_mode_counts_what_a_tracker_on_top_counts(family, phase, monkeypatch):

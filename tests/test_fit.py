@@ -98,6 +98,7 @@ def test_overhead_at_the_allocator_level_is_recovered(tmp_path):
         fit([path], formulas=["memcal"], settings=FitSettings(target="device"))
 
 
+@pytest.mark.slow
 def test_a_named_memcal_coefficient_is_recovered(tmp_path):
     from estimator.formulas import memcal
     # Llama 3's 128k vocabulary: its prefill peaks are the logits, which logits_streams counts.

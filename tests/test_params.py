@@ -118,6 +118,7 @@ def test_tiny_configs_cover_every_supported_family():
     assert {c["model_type"] for c in TINY.values()} == set(SUPPORTED_FAMILIES)
 
 
+@pytest.mark.slow
 def test_random_sizes_match_meta_model():
     """Random shapes of every family (hypothesis): the layout and transformers agree to the parameter."""
     hypothesis = pytest.importorskip("hypothesis")

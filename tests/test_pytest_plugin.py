@@ -65,8 +65,11 @@ def test_over_budget(memcal_peak):
 
 def run(pytester, *args: str):
     """An in-process inner session. Hypothesis's plugin is left out: each inner run would import
-    hypothesis afresh (pytester drops the modules a run imported), a second or more every time."""
-    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest", *args)
+    hypothesis afresh (pytester drops the modules a run imported), a second or more every time. The
+    inner session is no xdist worker, even when this one is: pytest-benchmark turns itself off in one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("PYTEST_XDIST_WORKER", raising=False)
+        return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest", *args)
 
 
 def device(monkeypatch, *present: str) -> None:

@@ -73,6 +73,7 @@ def measure_in_process(exp: Path, baseline: Path, out: Path, plant: str | None =
     return out
 
 
+@pytest.mark.slow
 def test_a_planted_regression_is_caught_with_the_right_point_named(experiment, tmp_path, capsys):
     exp, baseline = experiment
     current = measure_in_process(exp, baseline, tmp_path / "planted.jsonl", plant="tiny-b")
@@ -92,6 +93,7 @@ def test_a_planted_regression_is_caught_with_the_right_point_named(experiment, t
     assert "(within threshold)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_clean_rerun_passes(experiment, tmp_path, capsys):
     exp, baseline = experiment
     out = tmp_path / "current.jsonl"
@@ -110,6 +112,7 @@ def test_a_clean_rerun_passes(experiment, tmp_path, capsys):
     assert "not comparable" in capsys.readouterr().err and not (tmp_path / "never.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_another_environment_is_not_comparable_unless_allowed(experiment, tmp_path, capsys):
     _, baseline = experiment
     head, *rest = baseline.read_text().splitlines(keepends=True)
@@ -140,6 +143,7 @@ def profile(bound: float, formula: str = "memcal") -> dict:
             "errors": {formula: {"holdout": {"calibrated": stats}, "in_sample": stats, "kfold": {"calibrated": stats}}}}
 
 
+@pytest.mark.slow
 def test_a_formula_past_its_profiles_bound_fails_the_gate(experiment, tmp_path, capsys):
     _, baseline = experiment
     tight, loose = tmp_path / "tight.json", tmp_path / "loose.json"
@@ -155,6 +159,7 @@ def test_a_formula_past_its_profiles_bound_fails_the_gate(experiment, tmp_path, 
     assert "1 of 2 calibrated formulas past their profile's bound" in out
 
 
+@pytest.mark.slow
 def test_a_profile_fitted_on_the_baseline_passes_on_the_same_data(experiment, tmp_path, capsys):
     from harness.analysis import fit
     _, baseline = experiment

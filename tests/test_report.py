@@ -24,6 +24,7 @@ EXPECTED = DATA / "report-fixture.expected.md"
 SEEDS = ["per-token", "bit-width", "gqa-flash-notebook", "gguf-cheat-sheet"]
 
 
+@pytest.mark.slow
 def test_report_matches_the_checked_in_text(tmp_path):
     paths = report([FIXTURE], out=tmp_path / "fixture", formulas=SEEDS, name="report-fixture")
     text = paths["markdown"].read_text()
@@ -46,6 +47,7 @@ def test_report_counts_only_ok_points_and_lists_the_rest():
     assert re.search(r"\| oom \| 4 \| OutOfMemoryError: memcal memory cap: N live tensor bytes", text)
 
 
+@pytest.mark.slow
 def test_report_with_memcal_and_a_profile(tmp_path, capsys):
     profile = tmp_path / "fixture.json"
     fit([FIXTURE], out=profile)
