@@ -32,16 +32,19 @@ class Estimate:
     breakdowns: dict[str, Breakdown] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     calibration: Any = None  # the `estimator.calibration.Calibration` applied, if any
+    refusals: dict[str, str] = field(default_factory=dict)  # formula id -> why it gave no answer (one line)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": {"name": self.spec.name, "family": self.spec.family, "parameters": self.spec.parameters,
-                      "parameters_used": self.options.parameter_count(self.spec),
+            "model": {"name": self.spec.name, "family": self.spec.family, "parameters": _parameters(self.spec),
+                      "in_table": not self.spec.generic, "notes": list(self.spec.notes),
+                      "parameters_used": self.options.parameters or _parameters(self.spec),
                       "layers": self.spec.num_layers, "hidden_size": self.spec.hidden_size,
                       "heads": self.spec.num_heads, "kv_heads": self.spec.num_kv_heads,
                       "head_dim": self.spec.head_dim, "vocab_size": self.spec.vocab_size},
             "workload": {k: getattr(self.workload, k) for k in self.workload.__dataclass_fields__},
             "formulas": {fid: b.to_dict() for fid, b in self.breakdowns.items()},
+            "refusals": dict(self.refusals),
             "warnings": list(self.warnings),
             **({"calibration": {"name": self.calibration.name, "path": self.calibration.path,
                                 "formulas": {fid: self.calibration.factors(fid).to_dict() for fid in self.breakdowns}}}
@@ -54,6 +57,14 @@ class Estimate:
         rows = [{"formula": fid, **{k: v for k, v in b.to_dict().items() if k != "notes"}}
                 for fid, b in self.breakdowns.items()]
         return pd.DataFrame(rows).set_index("formula")
+
+
+def _parameters(spec: ModelSpec) -> int | None:
+    """The spec's exact parameter count, or None where the table cannot give it (no record)."""
+    try:
+        return spec.parameters
+    except MemcalError:
+        return None
 
 
 def check_workload(spec: ModelSpec, workload: Workload) -> list[str]:
@@ -88,11 +99,18 @@ def estimate(model: Any, workload: Workload | None = None, *, formulas: Iterable
     notes = check_workload(spec, workload)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    if calibration is None:
-        breakdowns = {f.id: f.estimate(spec, workload, options) for f in chosen}
-    else:
+    if calibration is not None:
         from .calibration import calibrated_breakdown, load_calibration
         calibration = load_calibration(calibration)
-        breakdowns = {f.id: calibrated_breakdown(f, spec, workload, options, calibration.factors(f.id))
-                      for f in chosen}
-    return Estimate(spec, workload, options, breakdowns, tuple(notes), calibration)
+    breakdowns, refusals = {}, {}
+    for f in chosen:  # a formula that cannot answer for this model says why; the others still answer
+        try:
+            if calibration is None:
+                breakdowns[f.id] = f.estimate(spec, workload, options)
+            else:
+                breakdowns[f.id] = calibrated_breakdown(f, spec, workload, options, calibration.factors(f.id))
+        except MemcalError as exc:
+            refusals[f.id] = str(exc)
+    if not breakdowns:
+        raise MemcalError(next(iter(refusals.values())))
+    return Estimate(spec, workload, options, breakdowns, tuple(notes), calibration, refusals)

@@ -50,10 +50,11 @@ def table(rows: list[list[str]], header: list[str], align: str | None = None) ->
 def estimate_text(result, unit: str = "GiB") -> str:
     """The `memcal estimate` display: the spec and workload, then one row per formula."""
     spec, workload = result.spec, result.workload
-    used = result.options.parameter_count(spec)
-    lines = [f"model     {spec.describe()}",
+    exact = result.to_dict()["model"]["parameters"]
+    used = result.options.parameters or exact
+    lines = [f"model     {spec.describe()}", *(f"note      {n}" for n in spec.notes),
              f"workload  {workload.describe()}"]
-    if used != spec.parameters:
+    if used != exact and used is not None:
         lines.append(f"params    {used:,} given by the user (the seed formulas use it; memcal's own does not)")
     for note in result.warnings:
         lines.append(f"warning   {note}")
@@ -66,6 +67,7 @@ def estimate_text(result, unit: str = "GiB") -> str:
             for fid, b in result.breakdowns.items()]
     lines += ["", f"sizes in {unit} ({'2^30' if unit == 'GiB' else '10^9'} bytes)", table(rows, header, "llrrrrrr")]
     notes = [f"  {fid}: {'; '.join(b.notes)}" for fid, b in result.breakdowns.items() if b.notes]
+    notes += [f"  {fid}: no answer: {why}" for fid, why in result.refusals.items()]
     if notes:
         lines += ["", "notes", *notes]
     return "\n".join(lines)

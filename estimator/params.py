@@ -1,34 +1,27 @@
-"""Every parameter tensor of a supported architecture, as transformers 5.23 builds it: pure arithmetic.
+"""Every parameter and buffer tensor of a model, from its family's record: pure arithmetic.
 
-`parameter_layout(spec)` lists the tensors by group, so that a formula can price each group at its own
-width: the weights that bitsandbytes quantizes (`LinearGroup.quantizable`), and everything that stays
-in the compute dtype (embeddings, the untied lm_head, norms, biases, Mixtral's router and experts).
-The tests check every total against the model that transformers instantiates on the meta device, and
-every ``quantizable`` flag against a real bitsandbytes load.
+`parameter_layout(spec)` evaluates the record's ``[[tensors]]`` (estimator/families/*.toml) over the
+spec's dims and lists the tensors by group, so that a formula can price each group at its own width:
+the weights a quantization method replaces (`LinearGroup.quantizable`), and everything that stays in
+the compute dtype (embeddings, an untied lm_head, norms, biases, routers, fused experts) or in its own
+dtype (buffers). The tests check every group, name and shape against the model that transformers
+instantiates on the meta device, and the ``quantizable`` flags against a real bitsandbytes load.
 
-Facts of transformers 5.23 that the groups encode:
-
-* GPT-2 uses ``Conv1D`` (weight stored [in, out]); bitsandbytes replaces it like an ``nn.Linear``.
-* phi3 fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``; qwen2 has biases on q/k/v only.
-* gpt_bigcode's multi-query ``c_attn`` projects to hidden + 2 * head_dim.
-* Mixtral's router (``mlp.gate``) is a bare [experts, hidden] ``nn.Parameter``, and its experts are two
-  fused 3-D parameters per layer (``mlp.experts.gate_up_proj`` [experts, 2 * inter, hidden] and
-  ``mlp.experts.down_proj`` [experts, hidden, inter]). Neither is an ``nn.Linear``, so bitsandbytes
-  leaves them in the compute dtype: a "4-bit" Mixtral quantizes its attention only.
-* The lm_head is never quantized (transformers skips the output embeddings); when tied it is the token
-  embedding itself and adds no parameters.
+LinearGroup.kind says how the weight is held: "linear" is nn.Linear ([out, in]), "conv1d" GPT-2's
+Conv1D ([in, out]), "router" a bare [out, in] parameter, "experts" one expert's slice of a fused
+[experts, out, in] parameter ([experts, in, out] when ``transposed``). The lm_head is never quantized
+(transformers skips the output embeddings); when tied it is the token embedding and adds nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import math
+from dataclasses import dataclass, field
 
 from .errors import MemcalError
-from .spec import SUPPORTED_FAMILIES, ModelSpec
+from .expr import ExprError, evaluate, names
 
-# LinearGroup.kind: how the weight is held. "linear" is nn.Linear, "conv1d" GPT-2's Conv1D ([in, out]),
-# "router" a bare [out, in] parameter, "experts" one slice of a fused [experts, out, in] parameter.
 KINDS = ("linear", "conv1d", "router", "experts")
+DTYPE_BYTES = {"fp32": 4, "bool": 1, "int64": 8, "int32": 4, "uint8": 1}  # buffers' own dtypes ("compute": the model's)
 
 
 @dataclass(frozen=True)
@@ -36,7 +29,8 @@ class LinearGroup:
     """``count`` identical matrix weights (with optional biases) in the whole model.
 
     For ``kind == "experts"`` a member is one expert's slice of a fused 3-D tensor, so ``count`` is
-    layers x experts while the model holds one tensor per layer.
+    layers x experts while the model holds one tensor per layer. ``layers`` are the layer indices that
+    hold one (None: once in the model); ``path`` the module's full name with ``{i}`` for the layer.
     """
 
     name: str
@@ -46,6 +40,10 @@ class LinearGroup:
     count: int
     quantizable: bool
     kind: str = "linear"
+    layers: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+    path: str = field(default="", compare=False, repr=False)
+    experts: int = field(default=0, compare=False, repr=False)
+    transposed: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -63,6 +61,18 @@ class LinearGroup:
     def parameters(self) -> int:
         return self.weight_elements + self.bias_elements
 
+    def stored(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """(parameter name relative to its layer, stored shape, how many) as torch holds them."""
+        if self.kind == "experts":
+            per_layer = self.count // self.experts
+            shape = (self.experts, self.in_features, self.out_features) if self.transposed else \
+                (self.experts, self.out_features, self.in_features)
+            out = [(self.name, shape, per_layer)]
+            return out + ([(f"{self.name}_bias", (self.experts, self.out_features), per_layer)] if self.bias else [])
+        shape = (self.in_features, self.out_features) if self.kind == "conv1d" else (self.out_features, self.in_features)
+        out = [(f"{self.name}.weight", shape, self.count)]
+        return out + ([(f"{self.name}.bias", (self.out_features,), self.count)] if self.bias else [])
+
 
 @dataclass(frozen=True)
 class Embedding:
@@ -71,6 +81,7 @@ class Embedding:
     name: str
     rows: int
     dim: int
+    path: str = field(default="", compare=False, repr=False)
 
     @property
     def parameters(self) -> int:
@@ -78,8 +89,32 @@ class Embedding:
 
 
 @dataclass(frozen=True)
+class TensorGroup:
+    """Norms, bare parameters and buffers: ``count`` tensors of ``shape`` (a norm's bias doubles it)."""
+
+    name: str
+    kind: str                     # norm, param, buffer
+    shape: tuple[int, ...]
+    count: int
+    bias: bool = False
+    dtype: str = "compute"        # buffers keep their own dtype: fp32, bool, int64, or the model's
+    layers: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+    path: str = field(default="", compare=False, repr=False)
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape) * self.count * (2 if self.bias else 1)
+
+    def stored(self) -> list[tuple[str, tuple[int, ...], int]]:
+        if self.kind != "norm":
+            return [(self.name, self.shape, self.count)]
+        out = [(f"{self.name}.weight", self.shape, self.count)]
+        return out + ([(f"{self.name}.bias", self.shape, self.count)] if self.bias else [])
+
+
+@dataclass(frozen=True)
 class ParamLayout:
-    """All parameters of one model, by group. ``lm_head`` is None when tied to the token embedding."""
+    """All parameters (and buffers) of one model, by group. ``lm_head`` is None when tied."""
 
     family: str
     linears: tuple[LinearGroup, ...]
@@ -87,6 +122,7 @@ class ParamLayout:
     lm_head: LinearGroup | None
     norm_params: int
     other_params: int = 0
+    tensors: tuple[TensorGroup, ...] = ()
 
     @property
     def tied(self) -> bool:
@@ -110,6 +146,14 @@ class ParamLayout:
         """Exact total, as ``sum(p.numel() for p in model.parameters())`` counts it (tied weights once)."""
         return (self.linear_params + self.embedding_params + self.lm_head_params + self.norm_params
                 + self.other_params)
+
+    @property
+    def buffers(self) -> tuple[TensorGroup, ...]:
+        return tuple(t for t in self.tensors if t.kind == "buffer")
+
+    def buffer_bytes(self, compute_bytes: int) -> int:
+        """Bytes of the buffers (rotary tables, scales, masks), each in its own dtype."""
+        return sum(t.elements * DTYPE_BYTES.get(t.dtype, compute_bytes) for t in self.buffers)
 
     @property
     def quantizable(self) -> tuple[LinearGroup, ...]:
@@ -146,76 +190,114 @@ class ParamLayout:
         """Parameters of the MoE experts (0 for a dense model); a token uses top-k / experts of them."""
         return sum(g.parameters for g in self.linears if g.kind == "experts")
 
-
-def _head(spec: ModelSpec) -> LinearGroup | None:
-    if spec.tie_word_embeddings:
-        return None
-    return LinearGroup("lm_head", spec.hidden_size, spec.vocab_size, False, 1, False)
-
-
-def _gpt(spec: ModelSpec) -> ParamLayout:
-    """gpt2 (Conv1D, q/k/v fused) and gpt_bigcode (nn.Linear, c_attn to hidden + 2 * kv_dim)."""
-    h, n, inner = spec.hidden_size, spec.num_layers, spec.intermediate_size
-    kind = "conv1d" if spec.family == "gpt2" else "linear"
-    qkv_out = h + 2 * spec.num_kv_heads * spec.head_dim
-    shapes = (("attn.c_attn", h, qkv_out), ("attn.c_proj", h, h), ("mlp.c_fc", h, inner),
-              ("mlp.c_proj", inner, h))
-    linears = tuple(LinearGroup(name, i, o, True, n, True, kind) for name, i, o in shapes)
-    embeddings = (Embedding("wte", spec.vocab_size, h), Embedding("wpe", spec.max_position_embeddings, h))
-    # ln_1 and ln_2 per block and ln_f: LayerNorms with weight and bias.
-    return ParamLayout(spec.family, linears, embeddings, _head(spec), norm_params=(2 * n + 1) * 2 * h)
+    def stored(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """Every parameter as (name relative to its layer, shape, count): what the model holds."""
+        groups = (*self.linears, *([self.lm_head] if self.lm_head else []))
+        out = [row for g in groups for row in g.stored()]
+        out += [(f"{e.name}.weight", (e.rows, e.dim), 1) for e in self.embeddings]
+        return out + [row for t in self.tensors if t.kind != "buffer" for row in t.stored()]
 
 
-def _attention(spec: ModelSpec) -> tuple[LinearGroup, ...]:
-    h, n = spec.hidden_size, spec.num_layers
-    q_out, kv_out = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-    if spec.family == "phi3":
-        return (LinearGroup("self_attn.qkv_proj", h, q_out + 2 * kv_out, False, n, True),
-                LinearGroup("self_attn.o_proj", q_out, h, False, n, True))
-    # Biases: llama and gemma follow attention_bias; qwen2 always has them on q/k/v, never on o.
-    flag = spec.family in ("llama", "gemma", "gemma2") and bool(spec.config.get("attention_bias", False))
-    qkv_bias = flag or spec.family == "qwen2"
-    return (LinearGroup("self_attn.q_proj", h, q_out, qkv_bias, n, True),
-            LinearGroup("self_attn.k_proj", h, kv_out, qkv_bias, n, True),
-            LinearGroup("self_attn.v_proj", h, kv_out, qkv_bias, n, True),
-            LinearGroup("self_attn.o_proj", q_out, h, flag, n, True))
+def _value(expr, scope, spec, what: str):
+    try:
+        value = evaluate(expr, scope)
+    except ExprError as exc:
+        missing = [n for n in names(expr) if scope.get(n, 0) is None] if isinstance(expr, str) else []
+        if missing:
+            key = _config_key(spec, missing[0])
+            raise MemcalError(f"config of {spec.name!r} has no {key!r}: memcal's parameter layout needs it "
+                              "(the seed formulas answer with --params)") from None
+        raise MemcalError(f"family record {spec.record.path}: {what}: {exc}") from None
+    return value
 
 
-def _mlp(spec: ModelSpec) -> tuple[LinearGroup, ...]:
-    h, n, inner = spec.hidden_size, spec.num_layers, spec.intermediate_size
-    if spec.family == "mixtral":
-        e = spec.num_experts
-        return (LinearGroup("mlp.gate", h, e, False, n, False, "router"),
-                LinearGroup("mlp.experts.gate_up_proj", h, 2 * inner, False, n * e, False, "experts"),
-                LinearGroup("mlp.experts.down_proj", inner, h, False, n * e, False, "experts"))
-    if spec.family == "phi3":
-        return (LinearGroup("mlp.gate_up_proj", h, 2 * inner, False, n, True),
-                LinearGroup("mlp.down_proj", inner, h, False, n, True))
-    bias = spec.family == "llama" and bool(spec.config.get("mlp_bias", False))
-    return (LinearGroup("mlp.gate_proj", h, inner, bias, n, True),
-            LinearGroup("mlp.up_proj", h, inner, bias, n, True),
-            LinearGroup("mlp.down_proj", inner, h, bias, n, True))
+def _config_key(spec, dim: str) -> str:
+    """The config key behind a dim, for messages ('inter' -> 'intermediate_size')."""
+    expr = spec.record.dims.get(dim) if spec.record else None
+    keys = sorted(names(expr)) if isinstance(expr, str) else []
+    return next((k for k in keys if spec.scope.get(k) is None), dim)
 
 
-def _decoder(spec: ModelSpec) -> ParamLayout:
-    """The llama-style families: RMSNorm weights only (gemma2 has four per layer, the others two)."""
-    norms_per_layer = 4 if spec.family == "gemma2" else 2
-    embeddings = (Embedding("embed_tokens", spec.vocab_size, spec.hidden_size),)
-    return ParamLayout(spec.family, _attention(spec) + _mlp(spec), embeddings, _head(spec),
-                       norm_params=(norms_per_layer * spec.num_layers + 1) * spec.hidden_size)
+def _shape(entry, scope, spec) -> tuple[int, ...]:
+    dims = tuple(_value(d, scope, spec, f"shape of {entry['name']}") for d in entry.get("shape", ()))
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in dims):
+        raise MemcalError(f"config of {spec.name!r}: tensor {entry['name']} gets shape {dims}")
+    return dims
 
 
-_BUILDERS: dict[str, Callable[[ModelSpec], ParamLayout]] = {
-    "gpt2": _gpt, "gpt_bigcode": _gpt, "llama": _decoder, "mistral": _decoder, "mixtral": _decoder,
-    "qwen2": _decoder, "phi3": _decoder, "gemma": _decoder, "gemma2": _decoder,
-}
-assert set(_BUILDERS) == set(SUPPORTED_FAMILIES)
+def _where(entry, spec) -> tuple[tuple[int, ...] | None, dict]:
+    """The layers that hold a per-layer tensor (None for model/top scope) and the scope to size it in."""
+    scope = dict(spec.scope)
+    when = entry.get("when")
+    if entry.get("scope", "model") != "layer":
+        return (None if when is None or _value(when, scope, spec, "when") else ()), scope
+    layers = []
+    for i, (attn, mlp) in enumerate(zip(spec.layer_types, spec.layer_mlp)):
+        if when is None or _value(when, {**scope, "i": i, "attn": attn, "mlp": mlp}, spec, "when"):
+            layers.append(i)
+    return tuple(layers), scope
 
 
-def parameter_layout(spec: ModelSpec) -> ParamLayout:
-    """The parameter groups of `spec`'s architecture; MemcalError for a family memcal does not model."""
-    builder = _BUILDERS.get(spec.family)
-    if builder is None:
-        raise MemcalError(f"model type {spec.family!r} is not supported: parameter counts are modelled for "
-                          f"{', '.join(SUPPORTED_FAMILIES)}")
-    return builder(spec)
+def _path(record, entry) -> str:
+    scope = entry.get("scope", "model")
+    if scope == "top":
+        return entry["name"]
+    if scope == "layer":
+        return f"{record.prefix}.{record.layers_path}.{{i}}.{entry['name']}"
+    return f"{record.prefix}.{entry['name']}"
+
+
+def _groups(entry, spec) -> list:
+    """One record entry as layout groups: one per distinct shape among the layers that hold it (a
+    tensor's shape may depend on the layer: `i`, `attn`, `mlp`), none when no layer holds it."""
+    layers, scope = _where(entry, spec)
+    if layers == ():
+        return []
+    if layers is None:
+        return [_group(entry, spec, scope, None)]
+    by_shape: dict = {}
+    for i in layers:
+        local = {**scope, "i": i, "attn": spec.layer_types[i], "mlp": spec.layer_mlp[i]}
+        key = (_shape(entry, local, spec), _value(entry.get("bias", False), local, spec, "bias"),
+               _value(entry.get("experts", 0), local, spec, "experts"))
+        by_shape.setdefault(key, (local, []))[1].append(i)
+    return [_group(entry, spec, local, tuple(held)) for local, held in by_shape.values()]
+
+
+def _group(entry, spec, scope, layers):
+    count = len(layers) if layers is not None else 1
+    shape, kind, path = _shape(entry, scope, spec), entry["kind"], _path(spec.record, entry)
+    bias = bool(_value(entry.get("bias", False), scope, spec, f"bias of {entry['name']}"))
+    if kind in KINDS:
+        experts = int(_value(entry.get("experts", 0), scope, spec, "experts")) if kind == "experts" else 0
+        quantizable = entry.get("quantizable", kind in ("linear", "conv1d") and entry.get("scope") != "top")
+        return LinearGroup(entry["name"], shape[0], shape[1], bias, count * max(experts, 1), bool(quantizable),
+                           kind, layers, path, experts, bool(entry.get("transposed", False)))
+    if kind == "embedding":
+        return Embedding(entry["name"], shape[0], shape[1], path)
+    return TensorGroup(entry["name"], kind, shape, count, bias, entry.get("dtype", "compute"), layers, path)
+
+
+def _layout(spec) -> ParamLayout:
+    groups = [g for e in spec.record.tensors for g in _groups(e, spec)]
+    head = next((g for g in groups if isinstance(g, LinearGroup) and g.name == "lm_head"), None)
+    linears = tuple(g for g in groups if isinstance(g, LinearGroup) and g is not head)
+    tensors = tuple(g for g in groups if isinstance(g, TensorGroup))
+    return ParamLayout(
+        family=spec.family, linears=linears, embeddings=tuple(g for g in groups if isinstance(g, Embedding)),
+        lm_head=head, norm_params=sum(t.elements for t in tensors if t.kind == "norm"),
+        other_params=sum(t.elements for t in tensors if t.kind == "param"), tensors=tensors)
+
+
+def parameter_layout(spec) -> ParamLayout:
+    """The parameter groups of `spec`'s architecture; MemcalError for a model_type without a record."""
+    if spec.record is None:
+        raise MemcalError(
+            f"model type {spec.family!r} has no record in memcal's architecture table: its parameter layout is "
+            "derived from the model on the meta device when torch and transformers are installed "
+            "(pip install torch transformers), or give the seed formulas a count with --params")
+    cached = spec.__dict__.get("_layout")  # a spec is immutable: its layout is computed once
+    if cached is None:
+        cached = _layout(spec)
+        object.__setattr__(spec, "_layout", cached)
+    return cached

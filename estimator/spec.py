@@ -1,46 +1,50 @@
-"""A model's architecture as the formulas need it, read from a Hugging Face config.
+"""A model's architecture as the formulas need it, read from a Hugging Face config through the
+architecture table (estimator/families/).
 
 `load_spec` accepts a transformers config object, a dict, a config.json path, a local model folder,
 or a name from the bundled catalogue (``estimator/catalogue/*.json``, keyed by Hugging Face repo id,
-matched case-insensitively). Nothing here imports torch or transformers, except the optional Hub
-look-up for names that are not in the catalogue.
+matched case-insensitively). The family's record (``<model_type>.toml``) says how to read the config:
+its class defaults, derived sizes, and each layer's attention and MLP kind. A model_type the table
+does not know is read generically (the usual key names), enough for the seed formulas; memcal's own
+formula then needs the layout derived from the model itself (see `estimator.derive`). Nothing here
+imports torch or transformers, except the optional Hub look-up for names that are not in the catalogue.
 """
 from __future__ import annotations
 
 import json
 import os
+from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from . import families
 from .errors import MemcalError
+from .expr import ExprError, evaluate, names
 
-# Config keys per family, for the fields every formula needs. GPT-2 style configs use n_* names.
-_GPT2_KEYS = {"hidden": "n_embd", "layers": "n_layer", "heads": "n_head", "positions": "n_positions"}
-_HF_KEYS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
-            "positions": "max_position_embeddings"}
-# Families whose config class has a num_key_value_heads attribute (the 002 notebook tests for it). In
-# transformers 5.23 GPTBigCodeConfig sets one too (1 when multi_query); GPT2Config has none.
-_DECLARES_KV_HEADS = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
-                      "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite", "starcoder2",
-                      "gpt_bigcode", "phi"}
-# Tied input/output embeddings when the config says nothing (the config classes' defaults).
-_TIE_DEFAULT = {"gpt2": True, "gpt_bigcode": True, "gemma": True, "gemma2": True, "gemma3_text": True}
-# What transformers 5.23's config classes use for a key that config.json leaves out. A missing
-# num_key_value_heads is MHA only where the class default is None (llama, phi3...); mistral, mixtral,
-# qwen2 and gemma default to a fixed count, and gemma's head_dim to 256 rather than hidden / heads.
-_KV_HEADS_DEFAULT = {"mistral": 8, "mixtral": 8, "qwen2": 32, "gemma": 16, "gemma2": 4}
-_HEAD_DIM_DEFAULT = {"gemma": 256, "gemma2": 256}
-_WINDOW_DEFAULT = {"mistral": 4096, "qwen2": 4096, "gemma2": 4096}
-# Mixture-of-experts families: (experts key, default experts, default experts per token).
-_MOE = {"mixtral": ("num_local_experts", 8, 2)}
-SUPPORTED_FAMILIES = ("gpt2", "gpt_bigcode", "llama", "mistral", "mixtral", "qwen2", "phi3", "gemma", "gemma2")
+# Dims every record defines (ModelSpec's fields). hidden, layers and heads are needed by every formula;
+# the others may be absent from a config (None) until a formula needs them.
+CORE_DIMS = ("hidden", "layers", "heads")
+SIZE_DIMS = ("kv_heads", "head_dim", "inter", "vocab")
+HUB_TIMEOUT_S = 5.0
+
+
+def supported_families() -> list[str]:
+    """Every model_type the architecture table describes."""
+    return families.known()
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The architecture facts of one model. Immutable; `config` keeps the raw config for the harness."""
+    """The architecture facts of one model. Immutable; `config` keeps the raw config for the harness.
+
+    ``layer_types`` is each layer's attention kind (a key of the record's cache table:
+    full_attention, sliding_attention, chunked_attention, linear_attention, mamba…), ``layer_mlp``
+    its MLP kind (dense, moe, none). ``scope`` holds the config as its class reads it and every
+    named quantity of the record, for the record's expressions. ``record`` is None for a model_type
+    the table does not know (read generically: see `generic`).
+    """
 
     name: str
     family: str
@@ -49,8 +53,8 @@ class ModelSpec:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    intermediate_size: int
-    vocab_size: int
+    intermediate_size: int | None
+    vocab_size: int | None
     max_position_embeddings: int | None
     tie_word_embeddings: bool
     declares_kv_heads: bool
@@ -59,6 +63,15 @@ class ModelSpec:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    layer_mlp: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    record: families.FamilyRecord | None = field(default=None, repr=False, compare=False)
+    scope: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def generic(self) -> bool:
+        """True when the table has no record for this model_type (the config was read generically)."""
+        return self.record is None
 
     @property
     def parameters(self) -> int:
@@ -80,68 +93,109 @@ class ModelSpec:
     def sliding_layers(self) -> int:
         return sum(t == "sliding_attention" for t in self.layer_types)
 
+    @property
+    def learned_positions(self) -> bool:
+        """The position embedding is a table of max_position_embeddings rows (a hard limit)."""
+        return bool(self.record and self.record.activations.get("learned_positions"))
+
+    def dim(self, name: str, default: Any = None) -> Any:
+        """A named quantity of the record (or a config key), e.g. ``spec.dim("rotary_dim")``."""
+        return self.scope.get(name, default)
+
     def describe(self) -> str:
         moe = f", MoE {self.num_experts} experts (top-{self.experts_per_token})" if self.is_moe else ""
         swa = f", sliding window {self.sliding_window} on {self.sliding_layers}/{self.num_layers} layers" \
             if self.sliding_layers else ""
-        return (f"{self.name} ({self.family}): {self.parameters:,} parameters, {self.num_layers} layers, "
+        kinds = sorted(set(self.layer_types) - {"full_attention", "sliding_attention"})
+        other = "".join(f", {sum(t == k for t in self.layer_types)} {k} layers" for k in kinds)
+        count = f"{self.parameters:,} parameters, " if not self.generic else ""
+        return (f"{self.name} ({self.family}): {count}{self.num_layers} layers, "
                 f"hidden {self.hidden_size}, {self.num_heads} heads / {self.num_kv_heads} KV heads "
-                f"({self.attention_kind}) x {self.head_dim}, vocab {self.vocab_size}{moe}{swa}")
+                f"({self.attention_kind}) x {self.head_dim}, vocab {self.vocab_size}{moe}{swa}{other}")
 
 
-def _int(config: Mapping[str, Any], key: str, name: str, default: Any = None) -> int:
-    value = config.get(key)
-    if value is None:  # absent or null: transformers falls back on its default too
-        value = default
-    if value is None:
-        raise MemcalError(f"config of {name!r} has no {key!r}: a config.json of a causal LM needs it")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
-        raise MemcalError(f"config of {name!r}: {key!r} must be a positive integer, got {value!r}")
-    return int(value)
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0 and int(value) == value
 
 
-def _window(config: Mapping[str, Any], family: str, name: str = "config") -> int | None:
-    """The sliding window as the config class holds it (absent: the class default; null: none)."""
-    if "sliding_window" not in config:
-        return _WINDOW_DEFAULT.get(family)
-    return None if config["sliding_window"] is None else _int(config, "sliding_window", name)
+class _Lenient(dict):
+    """A generic config's namespace: keys it lacks read as None."""
+
+    def __missing__(self, key: str) -> None:
+        return None
 
 
-def _layer_types(config: Mapping[str, Any], family: str, layers: int,
-                 name: str = "config") -> tuple[str, ...]:
-    """Per-layer attention kind, as transformers' cache sees it (`get_layer_types_and_kwargs`).
-
-    An explicit ``layer_types`` wins; otherwise qwen2 slides from ``max_window_layers`` on (only with
-    ``use_sliding_window``), gemma2 slides on even layers, and any other family slides on every layer
-    when its config holds a sliding window (mistral, mixtral, phi3: DynamicCache keeps the last
-    ``sliding_window - 1`` tokens of each such layer).
-    """
-    types = config.get("layer_types")
-    if types:
-        if len(types) != layers:
-            raise MemcalError(f"config of {name!r}: layer_types has {len(types)} entries for {layers} layers")
-        return tuple(types)
-    window = _window(config, family, name)
-    if family == "qwen2":
-        if not config.get("use_sliding_window", False) or window is None:
-            return ("full_attention",) * layers
-        first = config.get("max_window_layers", 28)  # Qwen2Config's default, not the layer count
-        return tuple("sliding_attention" if i >= first else "full_attention" for i in range(layers))
-    if family == "gemma2":  # transformers' Gemma2Config: even layers slide
-        return tuple("sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers))
-    if family not in ("gpt2", "gpt_bigcode") and window is not None:
-        return ("sliding_attention",) * layers
-    return ("full_attention",) * layers
+def _namespace(record: families.FamilyRecord | None, config: Mapping[str, Any]) -> dict:
+    """The config as its class reads it: class defaults, then config.json, aliases resolved."""
+    if record is None:
+        return _Lenient(config)
+    scope = {key: None for expr in record.dims.values() if isinstance(expr, str) for key in names(expr)}
+    scope.update(record.defaults())  # keys the dims read may be absent (None) until a formula needs them
+    scope.update(config)
+    for alias, key in record.attribute_map.items():
+        if alias in config and key not in config:
+            scope[key] = config[alias]
+    return scope
 
 
-def _kv_heads(config: Mapping[str, Any], family: str, name: str, heads: int) -> int:
-    if family == "gpt_bigcode":
-        return 1 if config.get("multi_query", True) else heads
-    if family == "gpt2":
-        return heads
-    if "num_key_value_heads" not in config:
-        return _KV_HEADS_DEFAULT.get(family, heads)
-    return _int(config, "num_key_value_heads", name, heads)  # null means MHA (the classes' __post_init__)
+def _key_of(expr: Any, scope: Mapping[str, Any]) -> str:
+    """The config key an expression reads, for messages (the first one the config lacks, else the first)."""
+    if not isinstance(expr, str):
+        return str(expr)
+    keys = [n for n in names(expr) if n not in ("i",)]
+    missing = [k for k in keys if scope.get(k) is None]
+    return (missing or keys or [expr])[0]
+
+
+def _dims(record: families.FamilyRecord, scope: dict, name: str) -> None:
+    """Evaluate the record's dims in order into `scope`, checking the sizes every formula reads."""
+    for dim, expr in record.dims.items():
+        try:
+            value = evaluate(expr, scope)
+        except ExprError as exc:
+            raise MemcalError(f"config of {name!r}: {exc}") from None
+        if dim in CORE_DIMS + SIZE_DIMS + ("window",) and value is not None:
+            if not _positive(value):
+                raise MemcalError(f"config of {name!r}: {_key_of(expr, scope)!r} must be a positive integer, "
+                                  f"got {value!r}")
+            value = int(value)
+        if dim in CORE_DIMS and value is None:
+            raise MemcalError(f"config of {name!r} has no {_key_of(expr, scope)!r}: a config.json of a causal LM "
+                              "needs it")
+        scope[dim] = value
+
+
+def _per_layer(record: families.FamilyRecord, scope: dict, layers: int, name: str) -> tuple[tuple, tuple]:
+    explicit = scope.get("layer_types")
+    if explicit and len(explicit) != layers:
+        raise MemcalError(f"config of {name!r}: layer_types has {len(explicit)} entries for {layers} layers")
+    attention, mlp = [], []
+    rules = (record.layers.get("attention", "'full_attention'"), record.layers.get("mlp", "'dense'"))
+    for i in range(layers):
+        local = ChainMap({"i": i}, scope)
+        try:
+            attention.append(str(evaluate(rules[0], local)))
+            mlp.append(str(evaluate(rules[1], local)))
+        except ExprError as exc:
+            raise MemcalError(f"config of {name!r}: {exc}") from None
+    return tuple(attention), tuple(mlp)
+
+
+def _check(record: families.FamilyRecord, scope: Mapping[str, Any], name: str) -> None:
+    heads, kv = scope["heads"], scope.get("kv_heads") or scope["heads"]
+    if heads % kv:
+        raise MemcalError(f"config of {name!r}: {heads} attention heads do not split into {kv} KV heads")
+    for condition, message in record.checks:
+        if not evaluate(condition, scope):
+            raise MemcalError(f"config of {name!r}: " + message.format(**scope))
+
+
+def _text_part(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A multimodal config's language model (``text_config``), when the table knows it."""
+    text = config.get("text_config")
+    if isinstance(text, Mapping) and families.get(text.get("model_type")) is not None:
+        return text
+    return None
 
 
 def spec_from_dict(config: Mapping[str, Any], name: str | None = None) -> ModelSpec:
@@ -152,39 +206,34 @@ def spec_from_dict(config: Mapping[str, Any], name: str | None = None) -> ModelS
     family = config.get("model_type")
     if not family:
         raise MemcalError(f"config of {name!r} has no 'model_type': cannot tell the architecture")
-    gpt = family in ("gpt2", "gpt_bigcode")
-    keys = _GPT2_KEYS if gpt else _HF_KEYS
-    hidden = _int(config, keys["hidden"], name)
-    layers = _int(config, keys["layers"], name)
-    heads = _int(config, keys["heads"], name)
-    kv_heads = _kv_heads(config, family, name, heads)
-    if gpt:
-        if hidden % heads:
-            raise MemcalError(f"config of {name!r}: hidden size {hidden} does not split into {heads} heads")
-        intermediate = _int(config, "n_inner", name, 4 * hidden)
-        head_dim = hidden // heads
-    else:
-        intermediate = _int(config, "intermediate_size", name)
-        head_dim = _int(config, "head_dim", name, _HEAD_DIM_DEFAULT.get(family, hidden // heads))
-    if heads % kv_heads:
-        raise MemcalError(f"config of {name!r}: {heads} attention heads do not split into "
-                          f"{kv_heads} KV heads")
-    # GPT-2's position table is a parameter (wpe), so its size must be known; 1024 is the class default.
-    positions = _int(config, keys["positions"], name, 1024) if gpt else config.get(keys["positions"])
-    experts = top_k = 0
-    if family in _MOE:
-        key, default_experts, default_top_k = _MOE[family]
-        experts = _int(config, key, name, config.get("num_experts") or default_experts)
-        top_k = _int(config, "num_experts_per_tok", name, default_top_k)
-    layer_types = _layer_types(config, family, layers, name)
-    window = _window(config, family, name) if "sliding_attention" in layer_types else None
+    if not isinstance(family, str):
+        raise MemcalError(f"config of {name!r}: 'model_type' must be a string, got {family!r}")
+    record = families.get(family)
+    notes: tuple[str, ...] = ()
+    if record is None and _text_part(config) is not None:
+        text = _text_part(config)
+        notes = (f"{family} is multimodal: this is its language model ({text['model_type']}); the vision and "
+                 "audio towers are not counted",)
+        config, family, record = text, text["model_type"], families.get(text["model_type"])
+    scope = _namespace(record, config)
+    reading = record or families.generic()
+    _dims(reading, scope, str(name))
+    if scope.get("kv_heads") is None:
+        scope["kv_heads"] = scope["heads"]
+    if scope.get("head_dim") is None:
+        scope["head_dim"] = scope["hidden"] // scope["heads"]
+    _check(reading, scope, str(name))
+    layer_types, layer_mlp = _per_layer(reading, scope, scope["layers"], str(name))
+    window = scope.get("window") if "sliding_attention" in layer_types else None
     return ModelSpec(
-        name=str(name), family=family, hidden_size=hidden, num_layers=layers, num_heads=heads,
-        num_kv_heads=kv_heads, head_dim=head_dim, intermediate_size=intermediate,
-        vocab_size=_int(config, "vocab_size", name), max_position_embeddings=positions,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", _TIE_DEFAULT.get(family, False))),
-        declares_kv_heads=family in _DECLARES_KV_HEADS, num_experts=experts, experts_per_token=top_k,
-        sliding_window=window, layer_types=layer_types, config=MappingProxyType(dict(config)),
+        name=str(name), family=family, hidden_size=scope["hidden"], num_layers=scope["layers"],
+        num_heads=scope["heads"], num_kv_heads=scope["kv_heads"], head_dim=scope["head_dim"],
+        intermediate_size=scope.get("inter"), vocab_size=scope.get("vocab"),
+        max_position_embeddings=scope.get("positions"), tie_word_embeddings=bool(scope.get("tie")),
+        declares_kv_heads=reading.declares_kv_heads if record else "num_key_value_heads" in config,
+        num_experts=int(scope.get("experts") or 0), experts_per_token=int(scope.get("top_k") or 0),
+        sliding_window=window, layer_types=layer_types, layer_mlp=layer_mlp, notes=notes,
+        config=MappingProxyType(dict(config)), record=record, scope=MappingProxyType(dict(scope)),
     )
 
 
@@ -193,6 +242,8 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise MemcalError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise MemcalError(f"{path}: not a text file (a config.json is UTF-8 JSON)") from None
     except OSError as exc:
         raise MemcalError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -225,13 +276,24 @@ def load_spec(model: Any, name: str | None = None) -> ModelSpec:
 
 
 def _from_hub(repo_id: str) -> dict:
-    """Any Hub id through transformers' AutoConfig, where online; a one-line error otherwise."""
+    """Any Hub id's config.json, where online: one request with a short timeout, no retries, no
+    transformers import; a one-line error otherwise (HF_HUB_OFFLINE set: no request at all)."""
     hint = (f"unknown model {repo_id!r}: not in the catalogue (see `memcal models`) and not fetched from "
             "the Hugging Face Hub; pass a config.json path or a local model folder instead")
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or "/" not in repo_id:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or repo_id.count("/") != 1:
         raise MemcalError(hint)
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/{urllib.parse.quote(repo_id)}/resolve/main/config.json"
+    headers = {"User-Agent": "memcal"}
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        from transformers import AutoConfig  # lazy: imports torch, slow, and needs the network
-        return AutoConfig.from_pretrained(repo_id).to_dict()
-    except Exception as exc:  # any failure (offline, gated, missing) is one line
-        raise MemcalError(f"{hint} ({type(exc).__name__})") from None
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=HUB_TIMEOUT_S) as reply:
+            return json.loads(reply.read().decode())
+    except (OSError, ValueError) as exc:  # offline, timeout, 401/404, not JSON: one line
+        reason = getattr(exc, "code", None) or type(exc).__name__
+        raise MemcalError(f"{hint} ({reason})") from None

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .. import kv, program
 from ..breakdown import Breakdown
+from ..errors import MemcalError
+from ..expr import evaluate
 from ..params import parameter_layout
 from ..spec import ModelSpec
 from ..workload import GGUF_TYPES, Workload
@@ -73,15 +76,9 @@ DEFAULT = Coefficients()
 
 # --- weights -----------------------------------------------------------------------------------
 def buffer_bytes(spec: ModelSpec, workload: Workload) -> int:
-    """Non-parameter buffers transformers 5 registers: rotary inv_freq and original_inv_freq (fp32),
-    Gemma's embed_scale (a compute-dtype scalar), GPT-BigCode's causal mask (n_positions² bools)."""
-    if spec.family == "gpt2":
-        return 0
-    if spec.family == "gpt_bigcode":
-        return (spec.max_position_embeddings or 0) ** 2
-    rotary = int(spec.head_dim * float(spec.config.get("partial_rotary_factor") or 1.0)) // 2
-    scale = workload.dtype_bytes if spec.family in ("gemma", "gemma2") else 0
-    return 2 * 4 * rotary + scale
+    """Non-parameter buffers, as the family's record lists them: rotary inv_freq and original_inv_freq
+    (fp32), Gemma's embed_scale (a compute-dtype scalar), GPT-BigCode's causal mask (n_positions² bools)."""
+    return parameter_layout(spec).buffer_bytes(workload.dtype_bytes)
 
 
 def weight_bytes(spec: ModelSpec, workload: Workload, device: str | None = None) -> int:
@@ -127,43 +124,23 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 # --- KV cache -----------------------------------------------------------------------------------
-INT64 = 8  # per-layer scalars a cache keeps: a static layer's cumulative_length, a sliding window's size
+INT64 = 8
 
 
 def kv_positions(spec: ModelSpec, workload: Workload) -> list[int]:
-    """Positions of key (and value) storage each layer's cache holds at the end of the run.
-
-    Dynamic sliding-window layers keep a *view* of window-1 positions into the tensor that the last
-    torch.cat made: the storage of the whole prompt after a prefill, of `window` positions once a
-    decode step has run. A static cache is preallocated to max_length-1 positions (generate never
-    feeds its last token), sliding layers to at most the window.
-    """
-    n, window = workload.kv_len, spec.sliding_window
-    if workload.cache == "static" and workload.phase == "generate":
-        return [min(n, window) if t == "sliding_attention" else n for t in spec.layer_types]
-    decoded = workload.phase == "generate" and workload.new_tokens >= 2
-    return [min(n, window) if t == "sliding_attention" and decoded else n for t in spec.layer_types]
+    """Positions of key and value storage each layer's cache holds at the end (`estimator.kv.positions`)."""
+    return kv.positions(spec, workload)
 
 
 def kv_cache_bytes(spec: ModelSpec, workload: Workload) -> int:
-    """Bytes of the cache object's distinct storages at the end of the run (what memory holds)."""
-    per_position = 2 * workload.batch * spec.num_kv_heads * spec.head_dim * workload.kv_bytes
-    static = workload.cache == "static" and workload.phase == "generate"
-    scalars = spec.num_layers if static else spec.sliding_layers
-    return per_position * sum(kv_positions(spec, workload)) + INT64 * scalars
+    """Bytes of the cache object's distinct storages at the end of the run, layer by layer (estimator/kv.py)."""
+    return kv.cache_bytes(spec, workload)
 
 
 # --- activations --------------------------------------------------------------------------------
-# Special-token ids (bos, eos, pad) that transformers' config classes default to, where a config is silent.
-_TOKEN_DEFAULTS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None),
-                   "gemma": (2, 1, 0), "gemma2": (2, 1, 0), "phi3": (1, 32000, 32000),
-                   "gpt2": (50256, 50256, None), "gpt_bigcode": (50256, 50256, None)}
-
-
 def _special_ids(spec: ModelSpec) -> list:
-    defaults = _TOKEN_DEFAULTS.get(spec.family, (None, None, None))
-    return [spec.config.get(key, default) for key, default in
-            zip(("bos_token_id", "eos_token_id", "pad_token_id"), defaults)]
+    """bos, eos and pad token ids as the config class reads them (the record's defaults)."""
+    return [spec.scope.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")]
 
 
 def generate_scalars(spec: ModelSpec) -> int:
@@ -174,14 +151,15 @@ def generate_scalars(spec: ModelSpec) -> int:
 
 @dataclass(frozen=True)
 class Shape:
-    """What a family's forward keeps alive, read off the storage tracker (transformers 5.x).
+    """What a family's forward keeps alive, read off the storage tracker (transformers 5.x); the
+    family's record (``[activations]``) gives each field.
 
     ``mlp_streams``: b·s·hidden tensors alive during a layer's MLP; ``mlp_intermediates``: b·s·I
     tensors at the MLP's peak; ``qkv_streams``: b·s·heads·head_dim tensors alive in eager attention
     besides the fused projection (q and the keys and values repeated to every head);
     ``fused_qkv``: a fused q/k/v projection output stays alive; ``learned_positions``: a position
     embedding table (s·hidden, not batched) instead of rotary cos/sin; ``half_softmax_fp32``: eager
-    softmax runs in fp32 for fp16/bf16 inputs.
+    softmax runs in fp32 for fp16/bf16 inputs; ``moe``: the experts' kernel ("grouped_mm").
     """
 
     mlp_streams: int = 4
@@ -190,18 +168,26 @@ class Shape:
     fused_qkv: bool = False
     learned_positions: bool = False
     half_softmax_fp32: bool = True
+    moe: str = "none"
 
 
-SHAPES = {
-    # embeddings output, layer input, attention output (kept), residual, normed input; gelu_new's 4 temporaries
-    "gpt2": Shape(mlp_streams=5, mlp_intermediates=4, qkv_streams=0, fused_qkv=True, learned_positions=True,
-                  half_softmax_fp32=False),
-    # multi-query c_attn (q + one key and value head); a fused tanh GELU: fc output and its activation
-    "gpt_bigcode": Shape(mlp_streams=5, mlp_intermediates=2, qkv_streams=0, fused_qkv=True, learned_positions=True),
-    # fused qkv_proj and gate_up_proj outputs outlive their views
-    "phi3": Shape(mlp_intermediates=4, qkv_streams=3, fused_qkv=True),
-}
 LLAMA_LIKE = Shape()  # embeddings output, layer input, residual, normed input; act(gate), up, their product
+_SHAPE_FIELDS = tuple(Shape.__dataclass_fields__)
+
+
+def shape_of(spec: ModelSpec) -> Shape:
+    """The family's `Shape`, from its record (MemcalError for a model_type the table lacks)."""
+    if spec.record is None:
+        raise MemcalError(f"memcal's formula needs a record for model type {spec.family!r} in its architecture "
+                          "table (estimator/families/); `memcal measure --device dry-run` measures it directly")
+    terms = spec.record.activations
+    return Shape(**{k: terms[k] for k in _SHAPE_FIELDS if k in terms})
+
+
+def _term(spec: ModelSpec, name: str):
+    """A family term that is an expression over the config (None when the record has none)."""
+    expr = spec.record.activations.get(name) if spec.record else None
+    return evaluate(expr, spec.scope) if expr is not None else None
 
 
 def _moe_mlp(spec: ModelSpec, tokens: int, e: int) -> float:
@@ -213,118 +199,175 @@ def _moe_mlp(spec: ModelSpec, tokens: int, e: int) -> float:
             + routed * (spec.hidden_size + 4 * spec.intermediate_size) * e + 2 * 4 * spec.num_experts)
 
 
-def _layer_transients(spec: ModelSpec, w: Workload, tokens: int, ctx: int, c: Coefficients) -> dict[str, float]:
-    """Bytes alive above weights and cache during one layer over `tokens` new positions of `ctx`."""
+def _block_scope(spec: ModelSpec, w: Workload, tokens: int, ctx: int) -> dict:
+    """What a record's activation expressions see: the spec's dims and config, and the workload's
+    b (batch), t (positions in this forward), ctx (positions attended), e and kvb (bytes per element
+    of the compute and cache dtypes), rows (1 in a plain forward, b in generate), eager / sdpa (bool)."""
+    return {**spec.scope, "b": w.batch, "t": tokens, "ctx": ctx, "e": w.dtype_bytes, "kvb": w.kv_bytes,
+            "rows": w.batch if w.phase == "generate" else 1, "eager": w.attention == "eager",
+            "sdpa": w.attention == "sdpa"}
+
+
+def _record_block(spec: ModelSpec, table: str, kind: str, scope: dict) -> float | None:
+    """A layer kind's transient bytes given by the record as an expression (``[activations.<table>]``)."""
+    terms = spec.record.activations.get(table) or {}
+    return evaluate(terms[kind], scope) if kind in terms else None
+
+
+def _past_window(spec: ModelSpec, w: Workload, ctx: int) -> bool:
+    """Past the window, SDPA can no longer be told "causal" on sliding layers: transformers builds
+    explicit masks (a boolean tokens x ctx one, broadcast over the batch, alive through the forward)."""
+    return w.attention == "sdpa" and bool(spec.sliding_layers) and ctx >= spec.sliding_window
+
+
+def _attention_block(spec: ModelSpec, w: Workload, kind: str, tokens: int, ctx: int, c: Coefficients,
+                     scope: dict) -> tuple[float, float]:
+    """One attention layer of `kind`: bytes alive at its peak, and bytes it leaves alive during the
+    layer's MLP (eager attention's probabilities)."""
+    custom = _record_block(spec, "block", kind, scope)
+    if custom is not None:
+        return custom, 0
     b, e, h = w.batch, w.dtype_bytes, spec.hidden_size
-    shape = SHAPES.get(spec.family, LLAMA_LIKE)
-    heads, hd = spec.num_heads, spec.head_dim
-    # Positions: rotary cos/sin (compute dtype) or a learned table, and the int64 position ids; generate
-    # computes position ids per sequence from its attention mask, so they are batched there.
-    rows = b if w.phase == "generate" else 1
-    if shape.learned_positions:
-        pos = rows * tokens * (h * e + INT64)
-    else:
-        pos = rows * tokens * (2 * hd * e + INT64)
-    if spec.is_moe:
-        mlp = b * tokens * c.residual_streams * h * e + _moe_mlp(spec, b * tokens, e)
-    else:
-        streams = c.residual_streams + shape.mlp_streams - LLAMA_LIKE.mlp_streams
-        inter = c.mlp_intermediates + shape.mlp_intermediates - LLAMA_LIKE.mlp_intermediates
-        mlp = b * tokens * (streams * h + inter * spec.intermediate_size) * e
+    shape, heads, hd = shape_of(spec), spec.num_heads, spec.head_dim
     fused = b * tokens * (heads + 2 * spec.num_kv_heads) * hd * e if shape.fused_qkv else 0
     # repeat_kv copies keys and values to every head only when there are fewer KV heads than heads
     qkv = shape.qkv_streams - (2 if shape.qkv_streams == 3 and spec.num_kv_heads == heads else 0)
     attn = b * tokens * (c.attention_residual_streams * h + c.attention_streams * qkv / 3 * heads * hd) * e + fused
-    if w.attention == "sdpa" and spec.sliding_layers and ctx >= spec.sliding_window:
-        # Past the window, SDPA can no longer be told "causal": transformers builds a boolean
-        # tokens x ctx mask (broadcast over the batch) for the sliding layers, and each layer turns it
-        # into an additive float mask (expanded over the batch) for the kernel, alive with the kernel's
-        # output and its fp32 logsumexp.
-        mlp += tokens * ctx
-        attn += tokens * ctx + b * tokens * ctx * e + b * tokens * heads * (hd * e + 4)
+    attn += _term_in(spec, "attention_extra", scope)
+    if kind == "sliding_attention" and _past_window(spec, w, ctx):
+        # each sliding layer turns the boolean mask into an additive float mask expanded over the batch,
+        # alive with the kernel's output and its fp32 logsumexp
+        attn += b * tokens * ctx * e + b * tokens * heads * (hd * e + 4)
+    if w.attention != "eager":
+        return attn, 0
+    if e == 4:
+        per_score = c.eager_scores_bytes_fp32
+    else:
+        per_score = c.eager_scores_bytes_half if shape.half_softmax_fp32 else 2 * e
+    # The layer keeps the returned attention probabilities (`hidden, _ = self_attn(...)`) during its MLP.
+    return attn + b * heads * tokens * ctx * per_score, c.eager_probs_kept * b * heads * tokens * ctx * e
+
+
+def _mlp_block(spec: ModelSpec, w: Workload, kind: str, tokens: int, c: Coefficients, scope: dict) -> float:
+    """One MLP of `kind` ("dense", "moe", or a kind the record prices) over `tokens` positions."""
+    custom = _record_block(spec, "mlp_block", kind, scope)
+    if custom is not None:
+        return custom
+    b, e, h = w.batch, w.dtype_bytes, spec.hidden_size
+    shape = shape_of(spec)
+    if kind == "moe" and shape.moe == "grouped_mm":
+        return b * tokens * c.residual_streams * h * e + _moe_mlp(spec, b * tokens, e)
+    streams = c.residual_streams + shape.mlp_streams - LLAMA_LIKE.mlp_streams
+    inter = c.mlp_intermediates + shape.mlp_intermediates - LLAMA_LIKE.mlp_intermediates
+    return b * tokens * (streams * h + inter * spec.intermediate_size) * e + _term_in(spec, "mlp_extra", scope)
+
+
+def _term_in(spec: ModelSpec, name: str, scope: dict) -> float:
+    expr = spec.record.activations.get(name)
+    return evaluate(expr, scope) if expr is not None else 0
+
+
+def _layer_transients(spec: ModelSpec, w: Workload, tokens: int, ctx: int, c: Coefficients) -> dict[str, float]:
+    """Bytes alive above weights and cache during one layer over `tokens` new positions of `ctx`: the
+    largest over the model's kinds of layer (attention kind x MLP kind)."""
+    b, e = w.batch, w.dtype_bytes
+    scope = _block_scope(spec, w, tokens, ctx)
+    # Positions: rotary cos/sin (compute dtype) or a learned table, and the int64 position ids; generate
+    # computes position ids per sequence from its attention mask, so they are batched there.
+    rows = scope["rows"]
+    if shape_of(spec).learned_positions:
+        pos = rows * tokens * (spec.hidden_size * e + INT64)
+    else:
+        pos = rows * tokens * (2 * spec.dim("rotary_dim", spec.head_dim) * e + INT64)
+    # Masks alive through the whole forward: SDPA's boolean one past a sliding window; eager's 4-D
+    # float mask, one per kind of layer (full, sliding).
+    masks = tokens * ctx if _past_window(spec, w, ctx) else 0
     if w.attention == "eager":
-        if e == 4:
-            per_score = c.eager_scores_bytes_fp32
-        else:
-            per_score = c.eager_scores_bytes_half if shape.half_softmax_fp32 else 2 * e
-        # One 4-D float mask per kind of layer (full, sliding) lives through the whole forward.
-        masks = len(set(spec.layer_types)) * b * tokens * ctx * e
-        attn += b * heads * tokens * ctx * per_score + masks
-        # The layer keeps the returned attention probabilities (`hidden, _ = self_attn(...)`) during its MLP.
-        mlp += masks + c.eager_probs_kept * b * heads * tokens * ctx * e
-    return {"mlp": pos + mlp, "attention": pos + attn}
+        masks += len(set(spec.layer_types)) * b * tokens * ctx * e
+    out = {"mlp": 0.0, "attention": 0.0}
+    for attn_kind, mlp_kind in dict.fromkeys(zip(spec.layer_types, spec.layer_mlp)):
+        attn, kept = _attention_block(spec, w, attn_kind, tokens, ctx, c, scope)
+        mlp = _mlp_block(spec, w, mlp_kind, tokens, c, scope) + kept
+        out["attention"] = max(out["attention"], pos + masks + attn)
+        out["mlp"] = max(out["mlp"], pos + masks + mlp)
+    return out
 
 
 def _logit_softcap(spec: ModelSpec) -> float | None:
-    """Gemma 2's final logit soft-capping (tanh(logits / cap) * cap); Gemma2Config's default is 30."""
-    return spec.config.get("final_logit_softcapping", 30.0 if spec.family == "gemma2" else None)
+    """Final logit soft-capping (tanh(logits / cap) * cap): Gemma 2's is 30 by default."""
+    return _term(spec, "logit_softcap")
+
+
+def forward_scope(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> dict:
+    """The variables a forward program runs under (estimator/program.py)."""
+    return {**spec.scope, "b": w.batch, "t": tokens, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes,
+            "kvb": w.kv_bytes, "rows": w.batch if w.phase == "generate" else 1, "half": w.dtype != "fp32",
+            "eager": w.attention == "eager", "sdpa": w.attention == "sdpa", "generate": w.phase == "generate",
+            "decode": decode, "static": w.cache == "static" and w.phase == "generate",
+            "gqa": spec.num_kv_heads < spec.num_heads, "mqa": spec.num_kv_heads == 1 < spec.num_heads,
+            "past_window": _past_window(spec, w, ctx), "i": 0}
+
+
+def _forward(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> program.ForwardRun:
+    return program.forward(spec, forward_scope(spec, w, tokens, ctx, n_logits, decode))
 
 
 def _prefill(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]:
-    """A plain forward over the prompt: every position's logits, the input ids."""
-    b, e, s = w.batch, w.dtype_bytes, w.prompt_len
-    out = _layer_transients(spec, w, s, s, c)
-    streams = c.logits_streams + (1 if _logit_softcap(spec) else 0)  # logits / cap, alive beside the logits
-    out["logits"] = b * s * (streams * spec.vocab_size + spec.hidden_size) * e
-    return {k: x + b * s * INT64 for k, x in out.items()}
+    """A plain forward over the prompt (every position's logits), beside the input ids."""
+    b, s = w.batch, w.prompt_len
+    run = _forward(spec, w, s, s, s, decode=False)
+    return {f"forward ({run.where})": b * s * INT64 + run.peak_bytes - kv_cache_bytes(spec, w)}
 
 
 def _generate(spec: ModelSpec, w: Workload, c: Coefficients) -> dict[str, float]:
     """generate (greedy, min_new_tokens = N): the prompt's forward and the processing of its logits,
-    the last decode step's forward and the processing of its logits."""
-    b, e, s, v, h = w.batch, w.dtype_bytes, w.prompt_len, spec.vocab_size, spec.hidden_size
+    the last decode step's forward and the processing of its logits. Each candidate is the live
+    total above the weights; the final cache is subtracted at the end (the breakdown adds it)."""
+    b, s, v = w.batch, w.prompt_len, spec.vocab_size
     static = w.cache == "static"
-    # One step's logits (last position, compute dtype) and their processing: the fp32 copy, and with
-    # an eos token the min-new-tokens processor's outputs (where, clone, where), an int64 arange and
-    # a bool mask over the vocabulary. Without a processor the fp32 copy is the step's scores.
-    logits = b * v * e
+    # One step's logits processing: the fp32 copy, and with an eos token the min-new-tokens
+    # processor's outputs (where, clone, where), an int64 arange and a bool mask over the vocabulary.
     processors = _special_ids(spec)[1] is not None
     processing = b * v * 4 * c.decode_logits_fp32
     if processors:
         processing += b * v * 4 * c.processor_copies + v * (INT64 + 1) + 4
-    # The prompt's forward runs with the prompt's cache, smaller than the final one (a static cache
-    # is preallocated whole, and attends over its whole length). It holds the input ids, their
-    # contiguous copy, the special-token scalars and the unfinished-sequence flags.
-    shortfall = 0 if static else \
-        kv_cache_bytes(spec, w) - kv_cache_bytes(spec, w.with_(new_tokens=0, phase="prefill"))
-    fixed = generate_scalars(spec) - shortfall
-    prompt_ids = 2 * b * s * INT64 + b * INT64 + fixed
+    # The prompt's forward holds the input ids, their contiguous copy, the unfinished-sequence flags
+    # and the special-token scalars; it grows the cache (a static one is made whole in its first layer).
+    # generate also makes the position ids (b x s, from the attention mask) before each forward
+    held = 3 * b * s * INT64 + b * INT64 + generate_scalars(spec)
     ctx = w.kv_len if static else s
-    out = {k: x + prompt_ids + _static_mask(spec, w, s) for k, x in _layer_transients(spec, w, s, ctx, c).items()}
-    out["logits"] = b * s * h * e + logits + prompt_ids
-    out["logits processing"] = logits + processing + prompt_ids
-    if w.new_tokens < 2:
-        return out
-    # Last decode step: the previous step's fp32 copy (and scores) are still referenced during the
-    # forward (generate deletes the step's outputs, logits included, at the end of each step), its
-    # scores during the processing; in a dynamic cache one layer's old keys stay alive while
-    # torch.cat builds the new ones; the input ids grow by one token; a static cache's mask persists.
-    ctx = w.kv_len
-    step_ids = 2 * b * s * INT64 + b * (2 * w.total_len - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
-    grow = 0 if static else b * spec.num_kv_heads * spec.head_dim * max(ctx - 1, 0) * w.kv_bytes
-    layer = max(_layer_transients(spec, w, 1, ctx, c).values()) + grow
-    previous = b * v * 4 * (c.decode_logits_fp32 + (1 if processors else 0))
-    mask = _static_mask(spec, w, 1)
-    out["decode step"] = previous + max(layer, b * h * e + logits) + mask + step_ids
-    out["decode processing"] = b * v * 4 + logits + processing + mask + step_ids
-    recompute = _phi3_recompute(spec, w, c, previous, logits)
-    if recompute is not None:
-        out["cache recompute"] = recompute
-    return out
+    prompt = _forward(spec, w, s, ctx, 1, decode=False)
+    out = {f"prompt forward ({prompt.where})": held + prompt.peak_bytes,
+           "logits processing": held + prompt.end_bytes + processing}
+    if w.new_tokens >= 2:
+        # Last decode step: the previous step's fp32 copy (and scores) are still referenced during the
+        # forward (generate deletes a step's outputs at the end of each step), its scores during the
+        # processing; the input ids have grown by one token per step.
+        step_ids = 2 * b * s * INT64 + b * (2 * w.total_len - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
+        previous = b * v * 4 * (c.decode_logits_fp32 + (1 if processors else 0))
+        before = kv_cache_bytes(spec, w) if static else \
+            kv_cache_bytes(spec, w.with_(new_tokens=w.new_tokens - 1))
+        step = _forward(spec, w, 1, w.kv_len, 1, decode=True)
+        out[f"decode step ({step.where})"] = step_ids + b * INT64 + previous + before + step.peak_bytes
+        out["decode processing"] = step_ids + b * INT64 + b * v * 4 + before + step.end_bytes + processing
+        recompute = _rerun(spec, w, previous)
+        if recompute is not None:
+            out["cache recompute"] = recompute
+    final = kv_cache_bytes(spec, w)
+    return {k: x - final for k, x in out.items()}
 
 
-def _phi3_recompute(spec: ModelSpec, w: Workload, c: Coefficients, previous: int, logits: int) -> int | None:
+def _rerun(spec: ModelSpec, w: Workload, previous: int) -> int | None:
     """Phi-3's generate drops its cache and re-runs the whole sequence the first time the input passes
-    original_max_position_embeddings (to switch rotary scaling), while the old cache is still held."""
-    limit = spec.config.get("original_max_position_embeddings", 4096) if spec.family == "phi3" else None
+    original_max_position_embeddings (to switch rotary scaling), while the old cache is still held
+    (the record's ``rerun_cache_past``)."""
+    limit = _term(spec, "rerun_cache_past")
     if limit is None or not (w.prompt_len <= limit < w.total_len - 1) or w.cache == "static":
         return None
     b, n = w.batch, limit + 1  # the re-run covers the limit + 1 tokens the sequence has then
     old = kv_cache_bytes(spec, w.with_(new_tokens=limit - w.prompt_len + 1))
-    new = kv_cache_bytes(spec, w.with_(prompt_len=n, new_tokens=0, phase="prefill"))
-    forward = max(max(_layer_transients(spec, w, n, n, c).values()), b * n * spec.hidden_size * w.dtype_bytes + logits)
     ids = 2 * b * w.prompt_len * INT64 + b * (2 * n - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
-    return old + new - kv_cache_bytes(spec, w) + forward + previous + ids
+    return ids + previous + old + _forward(spec, w, n, n, 1, decode=False).peak_bytes
 
 
 def _static_mask(spec: ModelSpec, w: Workload, tokens: int) -> int:

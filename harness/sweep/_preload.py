@@ -15,12 +15,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402,F401
 from torch._subclasses import fake_tensor  # noqa: E402,F401
 
-from estimator.spec import SUPPORTED_FAMILIES  # noqa: E402
+from estimator.spec import supported_families  # noqa: E402
 from harness.measure import git_info  # noqa: E402  (the whole measuring side: build, phases, probes, ...)
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 for _name in ("transformers.generation.utils", "torch.profiler",
-              *(f"transformers.models.{f}.modeling_{f}" for f in SUPPORTED_FAMILIES)):
+              *(f"transformers.models.{f}.modeling_{f}" for f in supported_families())):
     try:
         importlib.import_module(_name)
     except ImportError:  # an unknown family fails later, as data, when its model is built

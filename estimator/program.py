@@ -1,0 +1,185 @@
+"""A family's forward pass as data: the tensors it makes and frees, in order (the record's ``[program]``).
+
+memcal's activation term replays this program instead of guessing where a forward peaks. Each step
+is one string:
+
+    "[COND] +ID OP (D1, D2, ...) DTYPE"    a tensor of that shape is made (its storage counted)
+    "[COND] -ID [ID ...]"                   tensors are freed
+    "[COND] ~ (D1, D2, ...) DTYPE"          a tensor made before this forward is freed (an old cache)
+
+D1… and COND are expressions (estimator/expr.py) over the spec's dims and the forward's variables: b
+(batch), t (positions in this forward), ctx (positions attended), n_logits (positions whose logits
+are computed), i (the layer), and the flags half (16-bit compute), eager, sdpa, gqa (fewer KV heads
+than heads), decode (a generate step after the prompt), generate, static, past_window. DTYPE is
+``e`` (the compute dtype), ``kv`` (the cache dtype) or a fixed one (``f32``, ``i64``, ``i32``,
+``bool``, ``f16``, ``bf16``).
+
+A forward runs ``prologue``, then each layer's program (``layer.<attention kind>/<mlp kind>``), then
+``epilogue``. IDs are local to their part; a layer's tensors named ``outN`` live on and are ``inN``
+to the next layer (freeing an ``in`` that does not exist, in the first layer, does nothing); the
+epilogue's ``inN`` are the last layer's outputs, and any part may free a prologue tensor as
+``pro.ID``. Programs are derived from dry-run traces by tools/derive_program.py, never typed.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import MemcalError
+from .expr import ExprError, evaluate, names
+
+DTYPES = {"f32": 4, "i64": 8, "i32": 4, "bool": 1, "f16": 2, "bf16": 2, "u8": 1, "i8": 1}
+_STEP = re.compile(r"^(?:\[(?P<cond>.*)\]\s*)?(?P<body>.*)$")
+_ALLOC = re.compile(r"^\+(?P<id>[\w.]+)\s+(?P<op>\S+)\s+\((?P<shape>.*)\)\s+(?P<dtype>\w+)$")
+_RELEASE = re.compile(r"^~\s*\((?P<shape>.*)\)\s+(?P<dtype>\w+)$")
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str                      # "alloc", "free", "release"
+    cond: str | None
+    ids: tuple[str, ...] = ()      # alloc: (id,), free: the ids
+    op: str = ""
+    shape: tuple[str, ...] = ()
+    dtype: str = "e"
+
+
+def _split_shape(text: str) -> tuple[str, ...]:
+    """Top-level comma split (an expression may hold commas inside parentheses)."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        depth += (ch in "([") - (ch in ")]")
+        current += ch
+    if current.strip():
+        parts.append(current.strip())
+    return tuple(parts)
+
+
+def parse_step(text: str) -> Step:
+    m = _STEP.match(text.strip())
+    cond, body = m.group("cond"), m.group("body").strip()
+    if body.startswith("+"):
+        a = _ALLOC.match(body)
+        if not a:
+            raise MemcalError(f"program step {text!r}: expected '+ID OP (SHAPE) DTYPE'")
+        return Step("alloc", cond, (a.group("id"),), a.group("op"), _split_shape(a.group("shape")), a.group("dtype"))
+    if body.startswith("-"):
+        return Step("free", cond, tuple(x.lstrip("-") for x in body.split()))
+    r = _RELEASE.match(body)
+    if r:
+        return Step("release", cond, (), "", _split_shape(r.group("shape")), r.group("dtype"))
+    raise MemcalError(f"program step {text!r}: not an allocation (+), a free (-) or a release (~)")
+
+
+@dataclass(frozen=True)
+class Program:
+    prologue: tuple[Step, ...]
+    layers: Mapping[str, tuple[Step, ...]]   # "attention kind/mlp kind" -> steps
+    epilogue: tuple[Step, ...]
+
+
+def program_of(spec) -> Program | None:
+    """The spec's forward program, parsed once (None when its record has none)."""
+    cached = spec.__dict__.get("_program", False)
+    if cached is not False:
+        return cached
+    table = spec.record.program if spec.record is not None else None
+    program = None
+    if table:
+        program = Program(tuple(parse_step(s) for s in table.get("prologue", ())),
+                          {k: tuple(parse_step(s) for s in v) for k, v in table.get("layer", {}).items()},
+                          tuple(parse_step(s) for s in table.get("epilogue", ())))
+    object.__setattr__(spec, "_program", program)
+    return program
+
+
+@dataclass(frozen=True)
+class ForwardRun:
+    """What one forward did to memory, relative to what was live when it started."""
+
+    peak_bytes: int   # the highest live total reached
+    end_bytes: int    # live at the end (its outputs: logits, the cache it grew)
+    where: str        # the part and op at the peak, e.g. "layer 31 (full_attention/dense): mul"
+
+
+def _bytes(step: Step, scope: Mapping[str, Any]) -> int:
+    size = DTYPES.get(step.dtype)
+    if size is None:
+        size = scope["e"] if step.dtype == "e" else scope["kvb"] if step.dtype == "kv" else None
+    if size is None:
+        raise MemcalError(f"program: unknown dtype {step.dtype!r}")
+    return math.prod(int(evaluate(d, scope)) for d in step.shape) * size
+
+
+def _compile(steps: tuple[Step, ...], scope: Mapping[str, Any]) -> list[tuple[str, tuple[str, ...], int, str]]:
+    """The steps that apply here, with their sizes: (kind, ids, bytes, op)."""
+    out = []
+    for step in steps:
+        try:
+            if step.cond is not None and not evaluate(step.cond, scope):
+                continue
+            size = _bytes(step, scope) if step.kind != "free" else 0
+        except ExprError as exc:
+            raise MemcalError(f"program step of {step.op or step.kind}: {exc}") from None
+        out.append((step.kind, step.ids, size, step.op))
+    return out
+
+
+class _Replay:
+    def __init__(self) -> None:
+        self.live, self.peak, self.where = 0, 0, "start"
+        self.alive: dict[str, int] = {}
+
+    def run(self, compiled, names: dict[str, str], label: str) -> None:
+        for kind, ids, size, op in compiled:
+            if kind == "alloc":
+                key = names.get(ids[0], f"{label}:{ids[0]}")
+                self.alive[key] = size
+                self.live += size
+                if self.live > self.peak:
+                    self.peak, self.where = self.live, f"{label}: {op}"
+            elif kind == "release":
+                self.live -= size
+            else:
+                for i in ids:
+                    size = self.alive.pop(names.get(i, f"{label}:{i}"), None)
+                    if size is not None:
+                        self.live -= size
+
+
+def _reads_layer(steps: tuple[Step, ...]) -> bool:
+    return any("i" in names(s.cond) for s in steps if s.cond) or \
+        any("i" in names(d) for s in steps for d in s.shape)
+
+
+def forward(spec, scope: Mapping[str, Any]) -> ForwardRun:
+    """Replay the spec's program for one forward in `scope` (dims, b, t, ctx, n_logits, flags)."""
+    program = program_of(spec)
+    if program is None:
+        raise MemcalError(f"memcal's formula needs a forward program for model type {spec.family!r} "
+                          "(tools/derive_program.py derives it from the dry run)")
+    replay = _Replay()
+    replay.run(_compile(program.prologue, scope), {}, "prologue")
+    compiled: dict[str, list] = {}
+    outs: list[str] = []
+    for i, kind in enumerate(f"{a}/{m}" for a, m in zip(spec.layer_types, spec.layer_mlp)):
+        if kind not in program.layers:
+            raise MemcalError(f"the forward program of {spec.family!r} has no layer of kind {kind!r}")
+        steps = compiled.get(kind)
+        if steps is None or _reads_layer(program.layers[kind]):
+            steps = compiled[kind] = _compile(program.layers[kind], {**scope, "i": i})
+        label = f"layer {i} ({kind})"
+        names = {f"pro.{k.split(':', 1)[1]}": k for k in replay.alive if k.startswith("prologue:")}
+        names.update({f"in{n}": key for n, key in enumerate(outs)})
+        replay.run(steps, names, label)
+        outs = sorted((k for k in replay.alive if k.startswith(label + ":out")), key=lambda k: int(k.rsplit("out", 1)[1]))
+    names = {f"pro.{k.split(':', 1)[1]}": k for k in replay.alive if k.startswith("prologue:")}
+    names.update({f"in{n}": key for n, key in enumerate(outs)})
+    replay.run(_compile(program.epilogue, scope), names, "epilogue")
+    return ForwardRun(replay.peak, replay.live, replay.where)

@@ -1,0 +1,682 @@
+"""Derive a family's forward program (the record's ``[program]``, estimator/program.py) from dry runs.
+
+    python tools/derive_program.py FAMILY [--write] [--configs N] [--quick]
+
+It traces small models of the family (random configs from tests/family_cases.py) on fake tensors, in
+every variant the program distinguishes (fp32/bf16, eager/sdpa, a plain forward, generate's prompt
+forward and its decode steps, dynamic/static cache, GQA or not, within/past a sliding window), cuts
+each forward into prologue, layers and epilogue by the module that made each tensor, aligns the
+variants step by step, fits every dimension of every tensor to an expression over the spec's dims
+and the forward's variables, and writes the conditions under which each step happens. With --write
+it replaces the record's [program] section; otherwise it prints it. Every fit is checked against
+every trace it came from; an ambiguous or impossible fit is reported, never guessed silently.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import itertools
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from estimator import Workload  # noqa: E402
+from estimator.expr import evaluate  # noqa: E402
+from estimator.spec import spec_from_dict  # noqa: E402
+from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
+
+DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int64: "i64",
+               torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8", torch.int8: "i8"}
+COMPUTE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FLAGS = ("half", "eager", "generate", "decode", "static", "gqa", "mqa", "past_window")
+# Ops that allocate the same output whatever their inputs (a linear layer with or without bias).
+SAME_OP = {"addmm": "mm"}
+PRIMES = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]
+
+
+# --- tracing ---------------------------------------------------------------------------------------
+@dataclass
+class Event:
+    kind: str                 # alloc / free
+    key: int                  # storage identity
+    nbytes: int
+    op: str = ""
+    shape: tuple = ()
+    dtype: str = ""
+    module: str = "-"
+    forward: int = -1         # which model forward (-1: outside any)
+    ref: int | None = None    # free: index of the alloc event it frees (None: made before tracing)
+    call: int = -1            # alloc: the module invocation that made it
+    escapes: bool = False     # alloc: still alive when that invocation returned
+
+
+def trace(spec, w: Workload) -> tuple[list[Event], dict]:
+    """All allocation/free events of one dry-run point, each with its module and forward."""
+    built = build_model(spec, w, "dry-run")
+    model = built.model
+    names = {m: n for n, m in model.named_modules()}
+    stack, state = ["-"], {"forward": -1, "count": 0, "calls": 0}
+    calls = [-1]  # the open module invocations
+    made_in: dict[int, int] = defaultdict(list)  # invocation -> alloc events it made, still open
+    events: list[Event] = []
+    open_allocs: dict[int, int] = {}
+
+    def enter(module, *_):
+        if module is model:
+            state["forward"] = state["count"]
+            state["count"] += 1
+        stack.append(names.get(module, "?"))
+        state["calls"] += 1
+        calls.append(state["calls"])
+
+    def leave(module, *_):
+        stack.pop()
+        for n in made_in.pop(calls.pop(), []):
+            if events[n].key in open_allocs and open_allocs[events[n].key] == n:
+                events[n].escapes = True
+        if module is model:
+            state["forward"] = -1
+    handles = [m.register_forward_pre_hook(enter) for m in model.modules()]
+    handles += [m.register_forward_hook(leave) for m in model.modules()]
+    original = StorageTracker.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        see, freed = self._see, self._freed
+
+        def _see(t, op):
+            before = self.live_bytes
+            see(t, op)
+            if self.live_bytes > before and not isinstance(op, str):
+                key = t.untyped_storage()._cdata
+                open_allocs[key] = len(events)
+                made_in[calls[-1]].append(len(events) - 0)
+                events.append(Event("alloc", key, self.live_bytes - before, op.overloadpacket.__name__,
+                                    tuple(t.shape), DTYPE_NAMES.get(t.dtype, str(t.dtype)), stack[-1],
+                                    state["forward"], call=calls[-1]))
+
+        def _freed(key):
+            before = self.live_bytes
+            freed(key)
+            if self.live_bytes < before:
+                events.append(Event("free", key, before - self.live_bytes, module=stack[-1], forward=state["forward"],
+                                    ref=open_allocs.pop(key, None)))
+        self._see, self._freed = _see, _freed
+    StorageTracker.__init__ = init
+    try:
+        record = run_point(built, w)
+    finally:
+        StorageTracker.__init__ = original
+        for h in handles:
+            h.remove()
+    if record.status != "ok":
+        raise RuntimeError(f"dry run failed: {record.status}: {record.message}")
+    return events, {"peak": record.peak_tensor_bytes}
+
+
+# --- one forward cut into parts ----------------------------------------------------------------------
+@dataclass
+class Token:
+    kind: str                     # alloc / free / release
+    sig: tuple
+    shape: tuple = ()
+    dtype: str = ""
+    op: str = ""
+    ref: tuple | None = None      # free: (part, index in part) of the alloc; "in" refs: ("in", n)
+    name: str = ""                # outN for carried outputs
+
+
+@dataclass
+class Observation:
+    """One part (prologue / a layer / epilogue) of one traced forward, with the variables it ran under."""
+
+    tokens: list[Token]
+    scope: dict
+    flags: dict
+    forward_id: int = 0
+
+
+def _layer_of(module: str, spec) -> int | None:
+    m = re.match(rf"^{re.escape(spec.record.prefix)}\.{re.escape(spec.record.layers_path)}\.(\d+)(\.|$)", module)
+    return int(m.group(1)) if m else None
+
+
+def _suffix(module: str, spec) -> str:
+    m = re.match(rf"^{re.escape(spec.record.prefix)}\.{re.escape(spec.record.layers_path)}\.\d+\.?(.*)$", module)
+    if m:
+        return m.group(1) or "layer"
+    return module
+
+
+def cut(events: list[Event], forward: int, spec, compute: str) -> dict:
+    """Split one forward's events into parts: {"prologue": [...], ("layer", i): [...], "epilogue": [...]}."""
+    idx = [n for n, e in enumerate(events) if e.forward == forward]
+    layer_at = {n: _layer_of(events[n].module, spec) for n in idx}
+    layered = [n for n in idx if layer_at[n] is not None]
+    first, last = layered[0], layered[-1]
+    part_of: dict[int, object] = {}
+    current = None
+    base = spec.record.prefix
+    trailing = True  # model-level events right after the last layer (its input freed) belong to it
+    for n in idx:
+        if n < first:
+            part_of[n] = "prologue"
+        elif n > last:
+            trailing = trailing and events[n].module == base
+            part_of[n] = current if trailing else "epilogue"
+        else:
+            if layer_at[n] is not None:
+                current = ("layer", layer_at[n])
+            part_of[n] = current  # model-level events between layers belong to the layer before
+    parts: dict[object, list[int]] = defaultdict(list)
+    for n in idx:
+        parts[part_of[n]].append(n)
+    out: dict[object, list[Token]] = {}
+    position = {}
+    for part, ns in parts.items():
+        for k, n in enumerate(ns):
+            position[n] = (part, k)
+    # carried outputs: allocations of layer i freed in the next part
+    order = ["prologue"] + sorted((p for p in parts if isinstance(p, tuple)), key=lambda p: p[1]) + ["epilogue"]
+    following = {order[k]: order[k + 1] for k in range(len(order) - 1)}
+    carried: dict[int, str] = {}
+    for part in order:
+        if not isinstance(part, tuple):
+            continue
+        outs = [n for n in parts[part] if events[n].kind == "alloc" and any(
+            e.kind == "free" and e.ref == n and part_of.get(m) == following.get(part)
+            for m, e in ((m, events[m]) for m in parts.get(following.get(part), [])))]
+        for j, n in enumerate(outs):
+            carried[n] = f"out{j}"
+    for part, ns in parts.items():
+        tokens = []
+        for n in ns:
+            e = events[n]
+            if e.kind == "alloc":
+                dtype = "e" if e.dtype == DTYPE_NAMES[COMPUTE[compute]] else e.dtype
+                op = SAME_OP.get(e.op, e.op)
+                key = ("+", op, dtype, len(e.shape), _suffix(e.module, spec), e.escapes)
+                tokens.append(Token("alloc", key, e.shape, dtype, op, name=carried.get(n, "")))
+                continue
+            if e.ref is None or e.ref not in position:  # made before this forward (an old cache): a release
+                src = events[e.ref] if e.ref is not None else None
+                if src is None:
+                    tokens.append(Token("release", ("~", "u8", 1), (e.nbytes,), "u8"))
+                else:
+                    dtype = "e" if src.dtype == DTYPE_NAMES[COMPUTE[compute]] else src.dtype
+                    tokens.append(Token("release", ("~", dtype, len(src.shape)), src.shape, dtype, src.op))
+                continue
+            src_part, k = position[e.ref]
+            src = events[e.ref]
+            dtype = "e" if src.dtype == DTYPE_NAMES[COMPUTE[compute]] else src.dtype
+            sig = ("-", SAME_OP.get(src.op, src.op), dtype, len(src.shape), _suffix(src.module, spec), src.escapes)
+            if src_part == part:
+                tokens.append(Token("free", sig, ref=(part, k)))
+            elif src_part == "prologue":
+                tokens.append(Token("free", sig + ("pro",), ref=("pro", k)))
+            elif e.ref in carried and following.get(src_part) == part:
+                tokens.append(Token("free", sig + ("in",), ref=("in", int(carried[e.ref][3:]))))
+            else:
+                raise RuntimeError(f"a free in {part} of a tensor made in {src_part} ({src.op} {src.shape})")
+        out[part] = tokens
+    return out
+
+
+# --- merging observations ---------------------------------------------------------------------------
+@dataclass
+class Merged:
+    sig: tuple
+    kind: str
+    seen: list = field(default_factory=list)  # (observation index, token, index in that observation)
+
+
+def merge(observations: list[Observation], problems: list[str] | None = None, part: str = "") -> list[Merged]:
+    """Align every observation's tokens into one list of steps. Observations with the same flags and
+    the same sequence form a group that is merged as one block; groups are merged nearest first (the
+    fewest flags changed), so that a step is aligned the same way in every observation of a group."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for o, obs in enumerate(observations):
+        groups[(tuple(sorted(obs.flags.items())), tuple(t.sig for t in obs.tokens))].append(o)
+    by_flags = Counter(key[0] for key in groups)
+    for flags, n in by_flags.items():
+        if n > 1 and problems is not None:
+            problems.append(f"{part}: {n} different sequences under the same flags {dict(flags)} (config-dependent)")
+    pending = list(groups.items())
+    pending.sort(key=lambda item: -len(item[1]))
+    merged: list[Merged] = []
+    done_flags: list[dict] = []
+    while pending:
+        def distance(item):
+            flags = dict(item[0][0])
+            return min((sum(flags[k] != d[k] for k in flags) for d in done_flags), default=0)
+        item = min(pending, key=distance)
+        pending.remove(item)
+        (flags, sigs), members = item
+        done_flags.append(dict(flags))
+        matcher = difflib.SequenceMatcher(None, [m.sig for m in merged], list(sigs), autojunk=False)
+        out: list[Merged] = []
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                for a, b in zip(range(i1, i2), range(j1, j2)):
+                    merged[a].seen.extend((o, observations[o].tokens[b], b) for o in members)
+                    out.append(merged[a])
+                continue
+            out.extend(merged[i1:i2])
+            for b in range(j1, j2):
+                t = observations[members[0]].tokens[b]
+                out.append(Merged(t.sig, t.kind, [(o, observations[o].tokens[b], b) for o in members]))
+        merged = out
+    return merged
+
+
+# --- fitting -------------------------------------------------------------------------------------------
+def candidates(variables: list[str]):
+    """Expressions by increasing complexity."""
+    yield from ("1", "2")
+    yield from variables
+    for v in variables:
+        for c in (2, 3, 4):
+            yield f"{c} * {v}"
+    for v in variables:
+        yield f"{v} // 2"
+        yield f"ceil_div({v}, 2)"
+    for v in variables:
+        yield f"{v} - 1"
+        yield f"{v} + 1"
+    for a, b in itertools.combinations_with_replacement(variables, 2):
+        yield f"{a} * {b}"
+    for a, b in itertools.permutations(variables, 2):
+        yield f"{a} // {b}"
+        yield f"min({a}, {b})"
+        yield f"min({a}, {b} - 1)"
+    for a, b in itertools.permutations(variables, 2):
+        yield f"{a} + {b}"
+        yield f"{a} + 2 * {b}"
+        yield f"{a} - {b}"
+    for a, b in itertools.combinations_with_replacement(variables, 2):
+        for c in variables:
+            yield f"{a} * {b} * {c}"
+            yield f"2 * {a} * {b}"
+    for a, b, c in itertools.product(variables, repeat=3):
+        yield f"({a} + {b}) * {c}"
+        yield f"({a} + 2 * {b}) * {c}"
+        yield f"{a} * ({b} - 1)"
+
+
+def fit(points: list[tuple[dict, int]], variables: list[str]) -> tuple[str | None, list[str]]:
+    """The simplest expression consistent with every (scope, value) point, and its equally simple rivals."""
+    found: list[str] = []
+    for expr in candidates(variables):
+        try:
+            if all(evaluate(expr, scope) == value for scope, value in points):
+                found.append(expr)
+        except Exception:
+            continue
+        if found and len(found) >= 1 and _complexity(expr) > _complexity(found[0]):
+            break
+    if not found:
+        return None, []
+    return found[0], found[1:]
+
+
+def _complexity(expr: str) -> int:
+    return len(re.findall(r"[a-z_]+|\d+", expr))
+
+
+# --- conditions -----------------------------------------------------------------------------------------
+def condition(present: list[dict], absent: list[dict]) -> str | None | bool:
+    """A short boolean formula over the flags, true on every `present` flag set and false on every
+    `absent` one: a greedy cover by conjunctions of up to four literals (or the negation of a cover of
+    the absent sets, if shorter). None: always true; False: no formula (a flag set is in both)."""
+    if not absent:
+        return None
+    pos = {tuple(p.get(f) for f in FLAGS) for p in present}
+    neg = {tuple(a.get(f) for f in FLAGS) for a in absent}
+    if pos & neg:
+        return False
+    one, other = _cover(pos, neg), _cover(neg, pos)
+    text = _dnf(one)
+    alt = f"not ({_dnf(other)})" if len(other) == 1 else f"not ({_dnf(other)})"
+    return text if _size(one) <= _size(other) + 1 else alt
+
+
+def _implicants(pos: set, neg: set) -> list[tuple]:
+    literals = [(k, v) for k in range(len(FLAGS)) for v in (True, False)]
+    out = []
+    for n in range(1, 5):
+        for conj in itertools.combinations(literals, n):
+            if len({k for k, _ in conj}) < n:
+                continue
+            if any(all(x[k] == v for k, v in conj) for x in neg):
+                continue
+            covered = frozenset(x for x in pos if all(x[k] == v for k, v in conj))
+            if covered:
+                out.append((conj, covered))
+        if len(out) > 0 and any(c == frozenset(pos) for _, c in out):
+            break
+    return out
+
+
+def _cover(pos: set, neg: set) -> list[tuple]:
+    implicants = _implicants(pos, neg)
+    left, chosen = set(pos), []
+    while left:
+        conj, covered = max(implicants, key=lambda ic: (len(ic[1] & left), -len(ic[0])))
+        if not covered & left:
+            raise RuntimeError("no cover")
+        chosen.append(conj)
+        left -= covered
+    return chosen
+
+
+def _size(cover) -> int:
+    return sum(len(c) for c in cover)
+
+
+def _dnf(cover) -> str:
+    terms = [" and ".join(FLAGS[k] if v else f"not {FLAGS[k]}" for k, v in conj) for conj in cover]
+    return terms[0] if len(terms) == 1 else " or ".join(f"({t})" for t in terms)
+
+
+def _conj_text(conj) -> str:
+    return " and ".join(f if v else f"not {f}" for f, v in conj)
+
+
+# --- the driver ----------------------------------------------------------------------------------------
+def variables_of(spec) -> list[str]:
+    dims = [k for k, v in spec.scope.items() if k in spec.record.dims and isinstance(v, int)
+            and not isinstance(v, bool)]
+    return ["b", "t", "ctx", "n_logits", "rows", *dims]
+
+
+def flags_of(spec, w: Workload, t: int, ctx: int, decode: bool) -> dict:
+    return {"half": w.dtype != "fp32", "eager": w.attention == "eager", "generate": w.phase == "generate",
+            "decode": decode, "static": w.cache == "static", "gqa": spec.num_kv_heads < spec.num_heads,
+            "mqa": spec.num_kv_heads == 1 < spec.num_heads,
+            "past_window": w.attention == "sdpa" and bool(spec.sliding_layers) and ctx >= (spec.sliding_window or 0)}
+
+
+def observe(spec, w: Workload) -> list[tuple[dict, dict]]:
+    """Trace one point; return, per forward kept, (parts, scope+flags)."""
+    events, _ = trace(spec, w)
+    forwards = sorted({e.forward for e in events if e.forward >= 0})
+    keep = forwards[:1] if w.phase == "prefill" else [forwards[0], forwards[-1]] if len(forwards) > 1 else forwards
+    out = []
+    for f in keep:
+        decode = w.phase == "generate" and f > 0
+        t = 1 if decode else w.prompt_len
+        ctx = w.prompt_len + f if w.cache == "dynamic" or not decode else w.prompt_len + f
+        if w.cache == "static" and w.phase == "generate":
+            ctx = w.prompt_len + w.new_tokens - 1
+        n_logits = w.prompt_len if w.phase == "prefill" else 1
+        scope = {**{k: v for k, v in spec.scope.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                 "b": w.batch, "t": t, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes, "kvb": w.kv_bytes,
+                 "rows": w.batch if w.phase == "generate" else 1}
+        out.append((cut(events, f, spec, w.dtype), {"scope": scope, "flags": flags_of(spec, w, t, ctx, decode)}))
+    return out
+
+
+def _int_dims(spec) -> dict[str, int]:
+    return {k: v for k, v in spec.scope.items() if k in spec.record.dims and isinstance(v, int)
+            and not isinstance(v, bool) and k not in ("layers", "positions")}
+
+
+def select_configs(family: str, n: int) -> list[dict]:
+    """`n` configs whose dims differ from each other's and within each config as much as possible (so
+    that every fit is unambiguous), with MHA, GQA and MQA among them."""
+    from tests.family_cases import random_configs
+    pool = []
+    for config in random_configs(family, 400, seed="derive"):
+        try:
+            spec = spec_from_dict(config)
+        except Exception:
+            continue
+        if spec.num_layers >= 2:
+            kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
+            pool.append((config, _int_dims(spec), kind))
+    chosen: list[tuple] = []
+    while len(chosen) < n and pool:
+        def score(item):
+            config, dims, gqa = item
+            values = [v for v in dims.values() if v > 1]
+            inside = len(set(values)) - len(values)
+            across = sum(all(dims.get(k) != other[1].get(k) for other in chosen) for k in dims)
+            fresh = gqa not in {c[2] for c in chosen}
+            ones = sum(v == 1 for k, v in dims.items() if not (gqa == "mqa" and k == "kv_heads"))
+            return 3 * inside + across + 5 * fresh - 3 * ones
+        best = max(pool, key=score)
+        pool.remove(best)
+        chosen.append(best)
+    return [c[0] for c in chosen]
+
+
+def workload_sizes(spec, n: int) -> tuple[int, int]:
+    """Batch and prompt length unlike any dim of the config and unlike other configs' (primes)."""
+    taken = set(_int_dims(spec).values())
+    batches = [p for p in (3, 5, 2, 7, 11) if p not in taken]
+    prompts = [p for p in (13, 17, 19, 23, 29, 31, 37) if p not in taken]
+    return batches[n % len(batches)], prompts[n % len(prompts)] + (8 if spec.sliding_window else 0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("family")
+    p.add_argument("--configs", type=int, default=4)
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--quick", action="store_true", help="bf16/sdpa only (debugging)")
+    a = p.parse_args()
+    configs = select_configs(a.family, a.configs)
+    dtypes = ["bf16"] if a.quick else ["fp32", "bf16"]
+    attentions = ["sdpa"] if a.quick else ["eager", "sdpa"]
+    observations: dict[str, list[Observation]] = defaultdict(list)
+    failures = []
+    for n, config in enumerate(configs):
+        spec = spec_from_dict(config)
+        for dtype, attention in itertools.product(dtypes, attentions):
+            for phase, cache in (("prefill", "dynamic"), ("generate", "dynamic"), ("generate", "static")):
+                batch, prompt = workload_sizes(spec, n)
+                w = Workload(batch=batch, prompt_len=prompt, new_tokens=3 + n if phase == "generate" else 0,
+                             dtype=dtype, attention=attention, cache=cache)
+                try:
+                    obs = observe(spec, w)
+                except Exception as exc:
+                    failures.append(f"{config} {w.describe()}: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+                for parts, info in obs:
+                    fid = len(observations["prologue"])
+                    observations["prologue"].append(Observation(parts["prologue"], info["scope"], info["flags"], fid))
+                    observations["epilogue"].append(Observation(parts["epilogue"], info["scope"], info["flags"], fid))
+                    by_kind: dict[str, list] = {}
+                    for part, tokens in parts.items():
+                        if isinstance(part, tuple):
+                            i = part[1]
+                            kind = f"{spec.layer_types[i]}/{spec.layer_mlp[i]}"
+                            by_kind.setdefault(kind, []).append((i, tokens))
+                    for kind, layers in by_kind.items():
+                        i, tokens = layers[1] if len(layers) > 1 else layers[0]
+                        observations[f"layer:{kind}"].append(
+                            Observation(tokens, {**info["scope"], "i": i}, info["flags"], fid))
+    for f in failures:
+        print("FAILED", f, file=sys.stderr)
+    program, problems = build_program(observations, variables_of(spec_from_dict(configs[0])))
+    for problem in problems:
+        print("PROBLEM", problem, file=sys.stderr)
+    text = render(program, a.family)
+    if a.write:
+        write(a.family, text)
+    else:
+        print(text)
+
+
+def build_program(observations: dict[str, list[Observation]], variables: list[str]) -> tuple[dict, list[str]]:
+    program: dict = {"layer": {}}
+    problems: list[str] = []
+    pro_ids: dict[tuple[int, int], str] = {}
+    order = ["prologue", *sorted(k for k in observations if k.startswith("layer:")), "epilogue"]
+    for part in order:
+        obs = observations[part]
+        merged = merge(obs, problems, part)
+        steps = render_steps(merged, obs, variables, part, problems, pro_ids)
+        if part.startswith("layer:"):
+            program["layer"][part[6:]] = steps
+        else:
+            program[part] = steps
+    return program, problems
+
+
+def render_steps(merged: list[Merged], obs: list[Observation], variables: list[str], part: str,
+                 problems: list[str], pro_ids: dict) -> list[str]:
+    ids: dict[tuple[int, int], str] = {}   # (observation, token index) -> step id
+    counter: Counter = Counter()
+    lines = []
+    for m in merged:
+        present = {o for o, _, _ in m.seen}
+        cond = condition([obs[o].flags for o in sorted(present)],
+                         [obs[o].flags for o in range(len(obs)) if o not in present])
+        if cond is False:
+            problems.append(f"{part}: {m.sig} present under flags that also lack it: a condition on sizes?")
+            cond = None
+        prefix = f"[{cond}] " if cond else ""
+        first = m.seen[0][1]
+        if m.kind in ("alloc", "release"):
+            alternatives = _shapes(m, obs, variables, part, problems)
+            if len(alternatives) > 1:  # the same tensor, shaped differently under different flags
+                for shape, members in alternatives:
+                    alt = condition([obs[o].flags for o in sorted(members)],
+                                    [obs[o].flags for o in present if o not in members])
+                    if alt is False:
+                        problems.append(f"{part}: {m.sig}: shape {shape} depends on more than the flags")
+                    alt_prefix = _both(cond, alt)
+                    if m.kind == "release":
+                        lines.append(f"{alt_prefix}~ ({shape}) {first.dtype}")
+                    else:
+                        lines.append(_alloc_line(m, alt_prefix, shape, counter, ids, obs, part, pro_ids, members))
+                continue
+            shape = alternatives[0][0]
+            if m.kind == "release":
+                lines.append(f"{prefix}~ ({shape}) {first.dtype}")
+                continue
+            lines.append(_alloc_line(m, prefix, shape, counter, ids, obs, part, pro_ids, present))
+        else:
+            targets: dict[str, set] = defaultdict(set)
+            for o, t, _ in m.seen:
+                if t.ref[0] == "in":
+                    targets[f"in{t.ref[1]}"].add(o)
+                elif t.ref[0] == "pro":
+                    targets[f"pro.{pro_ids.get((obs[o].forward_id, t.ref[1]), '?')}"].add(o)
+                else:
+                    targets[ids.get((o, t.ref[1]), "?")].add(o)
+            if len(targets) == 1:
+                lines.append(f"{prefix}-{next(iter(targets))}")
+                continue
+            for target, members in targets.items():  # one aligned free of different tensors: say which when
+                alt = condition([obs[o].flags for o in sorted(members)],
+                                [obs[o].flags for o in present if o not in members])
+                if alt is False:
+                    problems.append(f"{part}: which tensor a free releases depends on more than the flags")
+                lines.append(f"{_both(cond, alt)}-{target}")
+    return lines
+
+
+def _both(cond, alt) -> str:
+    parts = [c for c in (cond, alt) if c]
+    if not parts:
+        return ""
+    return "[" + " and ".join(f"({p})" if " or " in p else p for p in parts) + "] "
+
+
+def _fit_shape(points_per_dim, variables) -> tuple[list[str] | None, list[str]]:
+    dims, notes = [], []
+    for points in points_per_dim:
+        expr, rivals = fit(points, variables)
+        if expr is None:
+            return None, notes
+        if rivals:
+            notes.append(f"{expr} (also {', '.join(rivals[:3])})")
+        dims.append(expr)
+    return dims, notes
+
+
+def _shapes(m: Merged, obs: list[Observation], variables: list[str], part: str, problems: list[str]):
+    """[(shape text, observation indices)]: one shape for all observations if one fits, else one per
+    group of observations with the same flags (merged where they fit the same expressions)."""
+    def points(members):
+        seen = [(o, t) for o, t, _ in m.seen if o in members]
+        return [[({**obs[o].scope}, t.shape[k]) for o, t in seen] for k in range(len(seen[0][1].shape))]
+
+    def text(dims):
+        return ", ".join(dims) + ("," if len(dims) == 1 else "")
+    everyone = {o for o, _, _ in m.seen}
+    dims, notes = _fit_shape(points(everyone), variables)
+    if dims is not None:
+        problems.extend(f"{part}: {m.sig}: {n}" for n in notes)
+        return [(text(dims), everyone)]
+    groups: dict[tuple, set] = defaultdict(set)
+    for o in everyone:
+        groups[tuple(sorted(obs[o].flags.items()))].add(o)
+    shaped: dict[str, set] = defaultdict(set)
+    for members in groups.values():
+        dims, notes = _fit_shape(points(members), variables)
+        if dims is None:
+            values = [t.shape for o, t, _ in m.seen if o in members][:4]
+            problems.append(f"{part}: no expression for {m.sig} under {dict(obs[min(members)].flags)}: {values}")
+            dims = [str(v) for v in values[0]]
+        shaped[text(dims)] |= members
+    return list(shaped.items())
+
+
+def _alloc_line(m: Merged, prefix: str, shape: str, counter: Counter, ids: dict, obs, part, pro_ids, members) -> str:
+    first = m.seen[0][1]
+    if first.name:
+        step_id = first.name
+    else:
+        key = (id(m), "id")
+        step_id = ids.get(key)
+        if step_id is None:
+            counter[first.op] += 1
+            step_id = ids[key] = f"{first.op}{counter[first.op]}"
+    for o, _, index in m.seen:
+        if o in members:
+            ids[(o, index)] = step_id
+            if part == "prologue":
+                pro_ids[(obs[o].forward_id, index)] = step_id
+    return f"{prefix}+{step_id} {first.op} ({shape}) {first.dtype}"
+
+
+def render(program: dict, family: str) -> str:
+    import subprocess
+
+    import transformers
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    out = ["[program]  # derived: tools/derive_program.py " + family +
+           f" (transformers {transformers.__version__}, torch {torch.__version__.split('+')[0]}, memcal {commit})"]
+    for part in ("prologue", "epilogue"):
+        out.append(f"{part} = [\n" + "".join(f"  {json.dumps(s)},\n" for s in program.get(part, [])) + "]")
+    out.append("\n[program.layer]")
+    for kind, steps in program["layer"].items():
+        out.append(f'"{kind}" = [\n' + "".join(f"  {json.dumps(s)},\n" for s in steps) + "]")
+    return "\n".join(out) + "\n"
+
+
+def write(family: str, text: str) -> None:
+    from estimator import families
+    path = Path(families.get(family).path)
+    current = path.read_text()
+    start = current.find("\n[program]")
+    if start >= 0:
+        current = current[:start].rstrip() + "\n"
+    path.write_text(current.rstrip() + "\n\n" + text)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
