@@ -44,6 +44,7 @@ class LinearGroup:
     path: str = field(default="", compare=False, repr=False)
     experts: int = field(default=0, compare=False, repr=False)
     transposed: bool = field(default=False, compare=False, repr=False)
+    dtype: str = "compute"        # "fp32": kept in fp32 whatever the model's dtype (a router)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -97,7 +98,7 @@ class TensorGroup:
     shape: tuple[int, ...]
     count: int
     bias: bool = False
-    dtype: str = "compute"        # buffers keep their own dtype: fp32, bool, int64, or the model's
+    dtype: str = "compute"        # buffers (and kept-in-fp32 parameters) keep their own dtype: fp32, bool, int64
     layers: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
     path: str = field(default="", compare=False, repr=False)
 
@@ -150,6 +151,13 @@ class ParamLayout:
     @property
     def buffers(self) -> tuple[TensorGroup, ...]:
         return tuple(t for t in self.tensors if t.kind == "buffer")
+
+    def own_dtype_extra_bytes(self, compute_bytes: int) -> int:
+        """Bytes that parameters kept in their own dtype add over the compute-dtype price of
+        `parameters` (transformers' ``_keep_in_fp32_modules``: ERNIE 4.5's router in fp32)."""
+        groups = [(g.parameters, g.dtype) for g in self.linears] + \
+            [(t.elements, t.dtype) for t in self.tensors if t.kind != "buffer"]
+        return sum(n * (DTYPE_BYTES[d] - compute_bytes) for n, d in groups if d != "compute")
 
     def buffer_bytes(self, compute_bytes: int) -> int:
         """Bytes of the buffers (rotary tables, scales, masks), each in its own dtype."""
@@ -272,14 +280,24 @@ def _group(entry, spec, scope, layers):
         experts = int(_value(entry.get("experts", 0), scope, spec, "experts")) if kind == "experts" else 0
         quantizable = entry.get("quantizable", kind in ("linear", "conv1d") and entry.get("scope") != "top")
         return LinearGroup(entry["name"], shape[0], shape[1], bias, count * max(experts, 1), bool(quantizable),
-                           kind, layers, path, experts, bool(entry.get("transposed", False)))
+                           kind, layers, path, experts, bool(entry.get("transposed", False)),
+                           entry.get("dtype", "compute"))
     if kind == "embedding":
         return Embedding(entry["name"], shape[0], shape[1], path)
     return TensorGroup(entry["name"], kind, shape, count, bias, entry.get("dtype", "compute"), layers, path)
 
 
+def _copies(entry, spec) -> list:
+    """An entry with ``copies`` stands for that many tensors, its name's ``{j}`` numbered 0, 1, …
+    (a ModuleList inside a layer, e.g. one norm per head); evaluated over the model's dims."""
+    if "copies" not in entry:
+        return [entry]
+    n = _value(entry["copies"], dict(spec.scope), spec, f"copies of {entry['name']}")
+    return [{**entry, "name": entry["name"].replace("{j}", str(j))} for j in range(int(n))]
+
+
 def _layout(spec) -> ParamLayout:
-    groups = [g for e in spec.record.tensors for g in _groups(e, spec)]
+    groups = [g for e in spec.record.tensors for c in _copies(e, spec) for g in _groups(c, spec)]
     head = next((g for g in groups if isinstance(g, LinearGroup) and g.name == "lm_head"), None)
     linears = tuple(g for g in groups if isinstance(g, LinearGroup) and g is not head)
     tensors = tuple(g for g in groups if isinstance(g, TensorGroup))

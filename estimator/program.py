@@ -9,16 +9,18 @@ is one string:
 
 D1… and COND are expressions (estimator/expr.py) over the spec's dims and the forward's variables: b
 (batch), t (positions in this forward), ctx (positions attended), n_logits (positions whose logits
-are computed), i (the layer), and the flags half (16-bit compute), eager, sdpa, gqa (fewer KV heads
-than heads), decode (a generate step after the prompt), generate, static, past_window. DTYPE is
+are computed), rows (b in generate, else 1), i (the layer), and the flags half (16-bit compute),
+eager, sdpa, gqa (fewer KV heads than heads), mqa (one KV head), sliding (the model has sliding
+layers), past_window (ctx reaches the window), long_prompt (so do the forward's own positions), generate, decode (a generate step after the prompt),
+static (a static cache). DTYPE is
 ``e`` (the compute dtype), ``kv`` (the cache dtype) or a fixed one (``f32``, ``i64``, ``i32``,
 ``bool``, ``f16``, ``bf16``).
 
 A forward runs ``prologue``, then each layer's program (``layer.<attention kind>/<mlp kind>``), then
-``epilogue``. IDs are local to their part; a layer's tensors named ``outN`` live on and are ``inN``
-to the next layer (freeing an ``in`` that does not exist, in the first layer, does nothing); the
-epilogue's ``inN`` are the last layer's outputs, and any part may free a prologue tensor as
-``pro.ID``. Programs are derived from dry-run traces by tools/derive_program.py, never typed.
+``epilogue``. IDs are local to their part; the tensors a part names ``outN`` live on and are
+``inN`` to the next part (the prologue's to the first layer, a layer's to the next, the last layer's
+to the epilogue; freeing an ``in`` that does not exist does nothing), and any part may free a
+prologue tensor as ``pro.ID``. Programs are derived from dry-run traces by tools/derive_program.py, never typed.
 """
 from __future__ import annotations
 
@@ -153,6 +155,29 @@ class _Replay:
                         self.live -= size
 
 
+ALIGNMENT_BYTES = 16  # torch's CPU grouped_mm needs 16-byte rows; else transformers' fallback runs
+
+
+def flags(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, bool]:
+    """The flags a program's conditions read, for one forward of workload `w` (one definition,
+    shared with tools/derive_program.py)."""
+    e = w.dtype_bytes
+    widths = [v for k, v in spec.scope.items() if (k in ("hidden", "inter") or "inter" in k or k == "expert_in")
+              and isinstance(v, int) and not isinstance(v, bool)]
+    sliding = bool(spec.sliding_layers)
+    return {"half": w.dtype != "fp32", "eager": w.attention == "eager", "sdpa": w.attention == "sdpa",
+            "generate": w.phase == "generate", "decode": decode,
+            "static": w.cache == "static" and w.phase == "generate",
+            "gqa": spec.num_kv_heads < spec.num_heads, "mqa": spec.num_kv_heads == 1 < spec.num_heads,
+            "sliding": sliding, "past_window": sliding and ctx >= spec.sliding_window,
+            "long_prompt": sliding and tokens >= spec.sliding_window,
+            "aligned": not spec.is_moe or all(v * e % ALIGNMENT_BYTES == 0 for v in widths)}
+
+
+def _outs(replay: "_Replay", label: str) -> list[str]:
+    return sorted((k for k in replay.alive if k.startswith(label + ":out")), key=lambda k: int(k.rsplit("out", 1)[1]))
+
+
 def _reads_layer(steps: tuple[Step, ...]) -> bool:
     return any("i" in names(s.cond) for s in steps if s.cond) or \
         any("i" in names(d) for s in steps for d in s.shape)
@@ -167,7 +192,7 @@ def forward(spec, scope: Mapping[str, Any]) -> ForwardRun:
     replay = _Replay()
     replay.run(_compile(program.prologue, scope), {}, "prologue")
     compiled: dict[str, list] = {}
-    outs: list[str] = []
+    outs = _outs(replay, "prologue")  # the prologue's outN are the first layer's inN
     for i, kind in enumerate(f"{a}/{m}" for a, m in zip(spec.layer_types, spec.layer_mlp)):
         if kind not in program.layers:
             raise MemcalError(f"the forward program of {spec.family!r} has no layer of kind {kind!r}")
@@ -178,7 +203,7 @@ def forward(spec, scope: Mapping[str, Any]) -> ForwardRun:
         names = {f"pro.{k.split(':', 1)[1]}": k for k in replay.alive if k.startswith("prologue:")}
         names.update({f"in{n}": key for n, key in enumerate(outs)})
         replay.run(steps, names, label)
-        outs = sorted((k for k in replay.alive if k.startswith(label + ":out")), key=lambda k: int(k.rsplit("out", 1)[1]))
+        outs = _outs(replay, label)
     names = {f"pro.{k.split(':', 1)[1]}": k for k in replay.alive if k.startswith("prologue:")}
     names.update({f"in{n}": key for n, key in enumerate(outs)})
     replay.run(_compile(program.epilogue, scope), names, "epilogue")

@@ -28,6 +28,10 @@ from .expr import ExprError, evaluate, names
 CORE_DIMS = ("hidden", "layers", "heads")
 SIZE_DIMS = ("kv_heads", "head_dim", "inter", "vocab")
 HUB_TIMEOUT_S = 5.0
+# Layer type names transformers 5.23 renames in every config it reads (configuration_utils.py:
+# _LEGACY_LAYER_TYPE_REMAP, applied to config.layer_types by PreTrainedConfig.__post_init__).
+LEGACY_LAYER_TYPES = {"mamba": "linear_attention", "attention": "full_attention",
+                      "deepseek_sparse_attention": "indexed_attention", "qwen_sparse_attention": "indexed_attention"}
 
 
 def supported_families() -> list[str]:
@@ -135,6 +139,9 @@ def _namespace(record: families.FamilyRecord | None, config: Mapping[str, Any]) 
     for alias, key in record.attribute_map.items():
         if alias in config and key not in config:
             scope[key] = config[alias]
+    for key in {"layer_types", record.attribute_map.get("layer_types", "layer_types")}:
+        if isinstance(scope.get(key), (list, tuple)):
+            scope[key] = [LEGACY_LAYER_TYPES.get(t, t) for t in scope[key]]
     return scope
 
 

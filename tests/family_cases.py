@@ -11,6 +11,7 @@ when adding its record; the helpers `Pick`, `sliding`, `moe` are for them.
 """
 from __future__ import annotations
 
+import math
 import random
 from typing import Callable, Sequence
 
@@ -137,7 +138,30 @@ def config(pick: Pick, family: str) -> dict:
     extra = EXTRA.get(family)
     if extra is not None:
         extra(pick, out)
+    _align_experts(out)
     return out
+
+
+def _align_experts(config: dict) -> None:
+    """MoE experts run torch's grouped_mm, whose CPU kernel wants rows of 16 bytes (transformers 5.23
+    with torch 2.13 sends other widths to its own fallback, which no released checkpoint takes):
+    an MoE config's hidden size and expert widths are drawn as multiples of 8 elements, as real ones."""
+    from estimator.spec import spec_from_dict
+    try:
+        if not spec_from_dict(config).is_moe:
+            return
+    except Exception:
+        return
+    heads = config.get("num_attention_heads") or config.get("n_head") or 1
+    step = 8 * heads // math.gcd(8, heads)
+    for key in list(config):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            continue
+        if key in ("hidden_size", "n_embd"):
+            config[key] = -(-value // step) * step
+        elif "intermediate_size" in key or key in ("n_inner", "ffn_hidden_size"):
+            config[key] = -(-value // 8) * 8
 
 
 def configs(family: str):

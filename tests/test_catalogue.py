@@ -27,7 +27,8 @@ ENTRIES = catalogue.entries()
 REPOS = sorted(ENTRIES)
 # Public counts of the models that /work/shared/reference/parameter-counts.md does not list.
 EXTRA_PUBLIC_COUNTS = {"Qwen/Qwen2.5-0.5B": 494_032_768, "Qwen/Qwen2.5-72B": 72_706_203_648,
-                       "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552}
+                       "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,
+                       "openai/gpt-oss-20b": 20_914_757_184}
 
 
 def hf_config(config: dict):
@@ -107,9 +108,16 @@ def test_attention_shapes_match_modules(repo, built):
     """The spec's head sizes are the attention modules' own (every attention module that has them)."""
     spec = load_spec(repo)
     _, model = built[repo]
-    modules = [m for m in model.modules() if hasattr(m, "head_dim") and type(m).__name__.endswith("Attention")]
+    # MLA keeps separate key and value widths; GPTNeoXAttention names its head_dim head_size
+    names = ("head_dim", "qk_head_dim", "v_head_dim", "head_size")
+    modules = [m for m in model.modules() if type(m).__name__.endswith("Attention") and
+               any(hasattr(m, n) for n in names)]
     assert modules, "no attention module found"
-    assert {m.head_dim for m in modules} <= {spec.head_dim, spec.dim("qk_head_dim"), spec.dim("v_head_dim")} - {None}
+    for m in modules:
+        for n in names:
+            if isinstance(getattr(m, n, None), int):
+                want = spec.head_dim if n in ("head_dim", "head_size") else spec.dim(n)
+                assert getattr(m, n) == want, (type(m).__name__, n)
     kv = {getattr(m, "num_key_value_heads", None) or getattr(m, "kv_heads", None) for m in modules} - {None}
     assert kv <= {spec.num_kv_heads}
     assert spec.num_kv_heads == getattr(model.config.get_text_config(), "num_key_value_heads", spec.num_kv_heads)

@@ -211,3 +211,19 @@ def test_declares_kv_heads_follows_the_config_class(family):
     declared = hasattr(transformers.CONFIG_MAPPING[family](), "num_key_value_heads")
     config = {**LLAMA, "model_type": family, "n_embd": 64, "n_layer": 2, "n_head": 8}
     assert load_spec(config).declares_kv_heads == declared
+
+
+@pytest.mark.parametrize("config", [
+    {"model_type": "qwen3_next", "num_hidden_layers": 2, "layer_types": ["mamba", "attention"]},
+    {"model_type": "nemotron_h", "layers_block_type": ["mamba", "attention", "mlp"]},
+    {"model_type": "nemotron_h", "layer_types": ["mamba", "attention", "moe"]},  # the class's alias
+])
+def test_legacy_layer_type_names_read_as_transformers_renames_them(config):
+    """transformers renames 'mamba' and 'attention' layer types in every config (_LEGACY_LAYER_TYPE_REMAP)."""
+    config = {**config, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
+    spec = load_spec({**config, "intermediate_size": 32, "vocab_size": 100})
+    assert spec.layer_types[:2] == ("linear_attention", "full_attention")
+    transformers = pytest.importorskip("transformers")
+    from transformers.cache_utils import get_layer_types_and_kwargs
+    hf = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(dict(config))
+    assert list(spec.layer_types) == get_layer_types_and_kwargs(hf)[0]

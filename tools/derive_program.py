@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from estimator import Workload  # noqa: E402
+from estimator import Workload, program  # noqa: E402
 from estimator.expr import evaluate  # noqa: E402
 from estimator.spec import spec_from_dict  # noqa: E402
 from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
@@ -36,7 +36,8 @@ from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
 DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int64: "i64",
                torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8", torch.int8: "i8"}
 COMPUTE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FLAGS = ("half", "eager", "generate", "decode", "static", "gqa", "mqa", "past_window")
+FLAGS = ("half", "eager", "generate", "decode", "static", "gqa", "mqa", "sliding", "past_window", "long_prompt",
+         "aligned")
 # Ops that allocate the same output whatever their inputs (a linear layer with or without bias).
 SAME_OP = {"addmm": "mm"}
 PRIMES = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]
@@ -58,9 +59,17 @@ class Event:
     escapes: bool = False     # alloc: still alive when that invocation returned
 
 
+_BUILT: dict = {}
+
+
 def trace(spec, w: Workload) -> tuple[list[Event], dict]:
-    """All allocation/free events of one dry-run point, each with its module and forward."""
-    built = build_model(spec, w, "dry-run")
+    """All allocation/free events of one dry-run point, each with its module and forward. A model is
+    built once per (config, dtype, attention) and reused by its workloads."""
+    key = (id(spec), w.dtype, w.attention)
+    if key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = build_model(spec, w, "dry-run")
+    built = _BUILT[key]
     model = built.model
     names = {m: n for n, m in model.named_modules()}
     stack, state = ["-"], {"forward": -1, "count": 0, "calls": 0}
@@ -100,7 +109,7 @@ def trace(spec, w: Workload) -> tuple[list[Event], dict]:
                 open_allocs[key] = len(events)
                 made_in[calls[-1]].append(len(events) - 0)
                 events.append(Event("alloc", key, self.live_bytes - before, op.overloadpacket.__name__,
-                                    tuple(t.shape), DTYPE_NAMES.get(t.dtype, str(t.dtype)), stack[-1],
+                                    _stored_shape(t), DTYPE_NAMES.get(t.dtype, str(t.dtype)), stack[-1],
                                     state["forward"], call=calls[-1]))
 
         def _freed(key):
@@ -120,6 +129,19 @@ def trace(spec, w: Workload) -> tuple[list[Event], dict]:
     if record.status != "ok":
         raise RuntimeError(f"dry run failed: {record.status}: {record.message}")
     return events, {"peak": record.peak_tensor_bytes}
+
+
+def _stored_shape(t: torch.Tensor) -> tuple:
+    """The shape whose product is the storage's elements: the tensor's own, or with its last dim
+    widened where the storage is padded (a kernel that pads rows to 16 bytes)."""
+    shape = tuple(t.shape)
+    elements = t.untyped_storage().nbytes() // t.element_size()
+    head = 1
+    for d in shape[:-1]:
+        head *= d
+    if not shape or head * shape[-1] == elements or head == 0 or elements % head:
+        return shape if (not shape or elements == head * shape[-1]) else (elements,)
+    return (*shape[:-1], elements // head)
 
 
 # --- one forward cut into parts ----------------------------------------------------------------------
@@ -189,7 +211,7 @@ def cut(events: list[Event], forward: int, spec, compute: str) -> dict:
     following = {order[k]: order[k + 1] for k in range(len(order) - 1)}
     carried: dict[int, str] = {}
     for part in order:
-        if not isinstance(part, tuple):
+        if part == "epilogue":  # the prologue's outputs are layer 0's inputs, as each layer's are the next's
             continue
         outs = [n for n in parts[part] if events[n].kind == "alloc" and any(
             e.kind == "free" and e.ref == n and part_of.get(m) == following.get(part)
@@ -220,10 +242,10 @@ def cut(events: list[Event], forward: int, spec, compute: str) -> dict:
             sig = ("-", SAME_OP.get(src.op, src.op), dtype, len(src.shape), _suffix(src.module, spec), src.escapes)
             if src_part == part:
                 tokens.append(Token("free", sig, ref=(part, k)))
-            elif src_part == "prologue":
-                tokens.append(Token("free", sig + ("pro",), ref=("pro", k)))
             elif e.ref in carried and following.get(src_part) == part:
                 tokens.append(Token("free", sig + ("in",), ref=("in", int(carried[e.ref][3:]))))
+            elif src_part == "prologue":
+                tokens.append(Token("free", sig + ("pro",), ref=("pro", k)))
             else:
                 raise RuntimeError(f"a free in {part} of a tensor made in {src_part} ({src.op} {src.shape})")
         out[part] = tokens
@@ -289,6 +311,10 @@ def candidates(variables: list[str]):
         yield f"{v} // 2"
         yield f"ceil_div({v}, 2)"
     for v in variables:
+        for k in (4, 8):
+            yield f"ceil_div({v}, {k}) * {k}"
+            yield f"2 * ceil_div({v}, {k}) * {k}"
+    for v in variables:
         yield f"{v} - 1"
         yield f"{v} + 1"
     for a, b in itertools.combinations_with_replacement(variables, 2):
@@ -296,6 +322,7 @@ def candidates(variables: list[str]):
     for a, b in itertools.permutations(variables, 2):
         yield f"{a} // {b}"
         yield f"min({a}, {b})"
+        yield f"max({a}, {b})"
         yield f"min({a}, {b} - 1)"
     for a, b in itertools.permutations(variables, 2):
         yield f"{a} + {b}"
@@ -369,11 +396,14 @@ def _cover(pos: set, neg: set) -> list[tuple]:
     implicants = _implicants(pos, neg)
     left, chosen = set(pos), []
     while left:
-        conj, covered = max(implicants, key=lambda ic: (len(ic[1] & left), -len(ic[0])))
-        if not covered & left:
-            raise RuntimeError("no cover")
-        chosen.append(conj)
-        left -= covered
+        best = max(implicants, key=lambda ic: (len(ic[1] & left), -len(ic[0])), default=None)
+        if best is None or not best[1] & left:  # no short implicant: the flag set itself
+            point = next(iter(left))
+            chosen.append(tuple((k, v) for k, v in enumerate(point)))
+            left.discard(point)
+            continue
+        chosen.append(best[0])
+        left -= best[1]
     return chosen
 
 
@@ -398,10 +428,8 @@ def variables_of(spec) -> list[str]:
 
 
 def flags_of(spec, w: Workload, t: int, ctx: int, decode: bool) -> dict:
-    return {"half": w.dtype != "fp32", "eager": w.attention == "eager", "generate": w.phase == "generate",
-            "decode": decode, "static": w.cache == "static", "gqa": spec.num_kv_heads < spec.num_heads,
-            "mqa": spec.num_kv_heads == 1 < spec.num_heads,
-            "past_window": w.attention == "sdpa" and bool(spec.sliding_layers) and ctx >= (spec.sliding_window or 0)}
+    out = program.flags(spec, w, t, ctx, decode)
+    return {f: out[f] for f in FLAGS}
 
 
 def observe(spec, w: Workload) -> list[tuple[dict, dict]]:
@@ -441,7 +469,8 @@ def select_configs(family: str, n: int) -> list[dict]:
             continue
         if spec.num_layers >= 2:
             kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
-            pool.append((config, _int_dims(spec), kind))
+            aligned = program.flags(spec, Workload(dtype="bf16"), 1, 1, False)["aligned"]
+            pool.append((config, _int_dims(spec), (kind, aligned)))
     chosen: list[tuple] = []
     while len(chosen) < n and pool:
         def score(item):
@@ -450,7 +479,7 @@ def select_configs(family: str, n: int) -> list[dict]:
             inside = len(set(values)) - len(values)
             across = sum(all(dims.get(k) != other[1].get(k) for other in chosen) for k in dims)
             fresh = gqa not in {c[2] for c in chosen}
-            ones = sum(v == 1 for k, v in dims.items() if not (gqa == "mqa" and k == "kv_heads"))
+            ones = sum(v == 1 for k, v in dims.items() if not (gqa[0] == "mqa" and k == "kv_heads"))
             return 3 * inside + across + 5 * fresh - 3 * ones
         best = max(pool, key=score)
         pool.remove(best)
@@ -463,7 +492,7 @@ def workload_sizes(spec, n: int) -> tuple[int, int]:
     taken = set(_int_dims(spec).values())
     batches = [p for p in (3, 5, 2, 7, 11) if p not in taken]
     prompts = [p for p in (13, 17, 19, 23, 29, 31, 37) if p not in taken]
-    return batches[n % len(batches)], prompts[n % len(prompts)] + (8 if spec.sliding_window else 0)
+    return batches[n % len(batches)], prompts[n % len(prompts)] + (spec.sliding_window or 0)
 
 
 def main() -> None:
@@ -481,9 +510,12 @@ def main() -> None:
     for n, config in enumerate(configs):
         spec = spec_from_dict(config)
         for dtype, attention in itertools.product(dtypes, attentions):
-            for phase, cache in (("prefill", "dynamic"), ("generate", "dynamic"), ("generate", "static")):
-                batch, prompt = workload_sizes(spec, n)
-                w = Workload(batch=batch, prompt_len=prompt, new_tokens=3 + n if phase == "generate" else 0,
+            batch, prompt = workload_sizes(spec, n)
+            # a sliding window: prompts past it and within it (a generate that crosses it, too)
+            prompts = [prompt] + ([max(3, spec.sliding_window - 2)] if spec.sliding_layers else [])
+            for (phase, cache), length in itertools.product(
+                    (("prefill", "dynamic"), ("generate", "dynamic"), ("generate", "static")), prompts):
+                w = Workload(batch=batch, prompt_len=length, new_tokens=3 + n if phase == "generate" else 0,
                              dtype=dtype, attention=attention, cache=cache)
                 try:
                     obs = observe(spec, w)

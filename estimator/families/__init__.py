@@ -10,7 +10,8 @@ read the record; no code branches on a family name.
 
 A record may ``inherit`` another: tables (``config``, ``dims``, ``layers``, ``cache``,
 ``activations``) merge key by key, tensors replace by name (in place) or append, and
-``drop_tensors`` removes inherited ones. Extra folders of records (a user's own families, tests) are
+``drop_tensors`` removes inherited ones; ``attribute_map`` merges alias by alias, and an alias mapped to
+``""`` removes the parent's. Extra folders of records (a user's own families, tests) are
 added with `add_path` or the ``MEMCAL_FAMILIES_PATH`` environment variable (``os.pathsep``-separated);
 they are searched first.
 """
@@ -31,7 +32,8 @@ _HERE = Path(__file__).parent
 _EXTRA: list[Path] = []
 _MERGED_TABLES = ("config", "dims", "layers", "cache", "activations")
 _TOP_KEYS = {"model_type", "inherit", "source", "declares_kv_heads", "prefix", "layers_path", "nulls",
-             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", *_MERGED_TABLES}
+             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", "unsupported",
+             *_MERGED_TABLES}
 TENSOR_KINDS = ("linear", "conv1d", "embedding", "norm", "param", "router", "experts", "buffer")
 
 
@@ -56,6 +58,9 @@ class FamilyRecord:
     activations: Mapping[str, Any]       # memcal formula's family terms
     program: Mapping[str, Any] | None = None  # the forward as data (estimator/program.py), derived from traces
     chain: tuple[str, ...] = ()          # the record and its ancestors, nearest first
+    # (condition, reason) pairs: workloads transformers itself cannot run on such a model; a condition
+    # reads the dims and the workload's `phase`, `cache` and `attention` (the harness refuses them)
+    unsupported: tuple[tuple[str, str], ...] = ()
 
     def defaults(self) -> dict[str, Any]:
         """The config namespace before a config.json is read: None for `nulls`, then `config`."""
@@ -123,8 +128,8 @@ def _merge(parent: dict, child: dict) -> dict:
             out[key] = merged
         elif key == "tensors":
             out["tensors"] = _merge_tensors(parent.get("tensors", ()), value, set(child.get("drop_tensors", ())))
-        elif key == "attribute_map":
-            out[key] = {**parent.get(key, {}), **value}
+        elif key == "attribute_map":  # an alias mapped to "" drops the parent's (a class without it)
+            out[key] = {alias: k for alias, k in {**parent.get(key, {}), **value}.items() if k}
         elif key == "nulls":
             out["nulls"] = sorted(set(parent.get("nulls", ())) | set(value))
         else:
@@ -210,6 +215,7 @@ def get(model_type: str | None) -> FamilyRecord | None:
         layers=_frozen(data.get("layers", {})), cache=_frozen(data.get("cache", {})),
         tensors=_frozen(data.get("tensors", [])), activations=_frozen(data.get("activations", {})),
         program=_frozen(data["program"]) if "program" in data else None, chain=chain,
+        unsupported=tuple(tuple(u) for u in data.get("unsupported", ())),
     )
 
 

@@ -1,25 +1,25 @@
 """memcal's own formula: architecture-aware, structurally right where the seeds are not.
 
 Source: memcal (no seed). It predicts the tensor-level peak of a Hugging Face transformers (5.x)
-forward or ``generate``, component by component:
+forward or ``generate``, component by component, from the family's record (estimator/families/):
 
-- **weights**: exact, from the parameter layout, plus buffers (rotary tables); bitsandbytes int8 = int8 weights + an fp32 scale per
-  output row (SCB); bnb 4-bit = two weights per byte + an fp32 absmax per block of 64 (double
-  quantization: a uint8 absmax + fp32 absmax per 256 blocks + a 256-entry code), and a 16-entry
-  fp32 quantization map per 4-bit module; embeddings, lm_head,
-  norms and biases stay in the compute dtype, as transformers keeps them. GGUF types use the 004
-  seed's bytes per parameter (there is no loader to be exact about).
-- **KV cache**: 2 · layers · batch · positions · kv_heads · head_dim · kv bytes, positions being the
-  storage the cache holds at the end (``generate`` never feeds its last token back); see
-  `kv_positions` for sliding windows and static caches.
-- **activations**: prefill peaks at the largest of (a) a layer's MLP (residual streams + MLP
-  intermediates), (b) a layer's attention (eager: b·heads·s² scores, two copies, plus a b·s² mask;
-  SDPA/flash: linear), (c) the logits b·s·vocab in the output dtype (``generate`` computes the last
-  position only, plus its fp32 copy). ``generate`` also peaks at its last decode step, holding the
-  full cache plus one layer's keys being concatenated.
+- **weights**: exact, from the parameter layout (estimator/params.py), plus buffers (rotary tables,
+  scales, masks); bitsandbytes int8 = int8 weights + an fp32 scale per output row (SCB); bnb 4-bit =
+  two weights per byte + an fp32 absmax per block of 64 (double quantization: a uint8 absmax + fp32
+  absmax per 256 blocks + a 256-entry code), and a 16-entry fp32 quantization map per 4-bit module;
+  embeddings, lm_head, norms and biases stay in the compute dtype, as transformers keeps them. GGUF
+  types use the 004 seed's bytes per parameter.
+- **KV cache**: per layer, as its record's cache kind holds it (estimator/kv.py): positions x key
+  and value widths for full and sliding layers (storage semantics), a fixed state for recurrent ones.
+- **activations**: the family's forward program (estimator/program.py), replayed over the workload:
+  every tensor a forward makes and frees, in order, so the peak is wherever the forward really
+  peaks (a norm's fp32 copies, the rotary products, eager scores, the MLP, the logits). ``generate``
+  adds what it holds around its forwards (ids, position ids, special-token scalars, the previous
+  step's scores) and the processing of each step's logits.
 - **overhead**: a calibrated constant (0 by default: the formula predicts the tensor-level peak).
 
-Every coefficient is a named field of `Coefficients`, so that a calibration can replace it.
+The coefficients of generate's bookkeeping and the calibration's terms are named fields of
+`Coefficients`, so that a calibration can replace them.
 """
 from __future__ import annotations
 
@@ -46,21 +46,8 @@ BNB_NESTED_CODE = 256     # double quantization: the nested quantization map, fp
 
 @dataclass(frozen=True)
 class Coefficients:
-    """Named, physical coefficients of memcal's formula (counts of tensors alive at a peak).
+    """Named coefficients of memcal's formula: generate's logits processing, and calibration terms."""
 
-    Units: ``*_streams`` count tensors of b·s·hidden elements, ``mlp_intermediates`` tensors of
-    b·s·intermediate elements, ``*_bytes`` bytes per element.
-    """
-
-    residual_streams: float = 4.0         # MLP: embeddings output, layer input, residual, normed input
-                                          # (Llama-like families; `Shape` adds a family's own streams)
-    attention_residual_streams: float = 3.0  # attention: embeddings output, layer input, normed input
-    mlp_intermediates: float = 3.0        # gated MLP: act(gate), up, act(gate)*up alive together
-    attention_streams: float = 3.0        # eager: q, and k and v repeated to all heads (b·s·heads·head_dim)
-    eager_scores_bytes_fp32: float = 8.0  # fp32 eager: matmul output and its scaled copy
-    eager_scores_bytes_half: float = 10.0  # fp16/bf16 eager: scores, masked scores, fp32 softmax
-    eager_probs_kept: float = 1.0         # eager: attention probabilities still referenced during the MLP
-    logits_streams: float = 1.0           # b·s·vocab logits in the compute dtype (all positions in a forward)
     decode_logits_fp32: float = 1.0       # generate's fp32 copy of the last position's logits
     processor_copies: float = 3.0         # fp32 b·vocab outputs of the logits processors (min-new-tokens)
     activation_scale: float = 1.0         # calibration: multiplies the activation term
@@ -88,7 +75,9 @@ def weight_bytes(spec: ModelSpec, workload: Workload, device: str | None = None)
     (0.49+, on CPUs with AVX512-BF16) repacks them on the first forward for its fused kernel, with
     the absmax in bf16 and double quantization undone.
     """
-    return parameter_bytes(spec, workload, device) + buffer_bytes(spec, workload)
+    # parameters transformers keeps in fp32 whatever the dtype (ERNIE 4.5's router) cost more than parameter_bytes says
+    kept = 0 if workload.is_gguf else parameter_layout(spec).own_dtype_extra_bytes(workload.dtype_bytes)
+    return parameter_bytes(spec, workload, device) + kept + buffer_bytes(spec, workload)
 
 
 def parameter_bytes(spec: ModelSpec, workload: Workload, device: str | None = None) -> int:
@@ -149,163 +138,17 @@ def generate_scalars(spec: ModelSpec) -> int:
     return INT64 * sum(i is not None for i in ids) + (1 if ids[1] is not None else 0)
 
 
-@dataclass(frozen=True)
-class Shape:
-    """What a family's forward keeps alive, read off the storage tracker (transformers 5.x); the
-    family's record (``[activations]``) gives each field.
-
-    ``mlp_streams``: b·s·hidden tensors alive during a layer's MLP; ``mlp_intermediates``: b·s·I
-    tensors at the MLP's peak; ``qkv_streams``: b·s·heads·head_dim tensors alive in eager attention
-    besides the fused projection (q and the keys and values repeated to every head);
-    ``fused_qkv``: a fused q/k/v projection output stays alive; ``learned_positions``: a position
-    embedding table (s·hidden, not batched) instead of rotary cos/sin; ``half_softmax_fp32``: eager
-    softmax runs in fp32 for fp16/bf16 inputs; ``moe``: the experts' kernel ("grouped_mm").
-    """
-
-    mlp_streams: int = 4
-    mlp_intermediates: int = 3
-    qkv_streams: int = 3
-    fused_qkv: bool = False
-    learned_positions: bool = False
-    half_softmax_fp32: bool = True
-    moe: str = "none"
-
-
-LLAMA_LIKE = Shape()  # embeddings output, layer input, residual, normed input; act(gate), up, their product
-_SHAPE_FIELDS = tuple(Shape.__dataclass_fields__)
-
-
-def shape_of(spec: ModelSpec) -> Shape:
-    """The family's `Shape`, from its record (MemcalError for a model_type the table lacks)."""
-    if spec.record is None:
-        raise MemcalError(f"memcal's formula needs a record for model type {spec.family!r} in its architecture "
-                          "table (estimator/families/); `memcal measure --device dry-run` measures it directly")
-    terms = spec.record.activations
-    return Shape(**{k: terms[k] for k in _SHAPE_FIELDS if k in terms})
-
-
 def _term(spec: ModelSpec, name: str):
     """A family term that is an expression over the config (None when the record has none)."""
     expr = spec.record.activations.get(name) if spec.record else None
     return evaluate(expr, spec.scope) if expr is not None else None
 
 
-def _moe_mlp(spec: ModelSpec, tokens: int, e: int) -> float:
-    """Mixtral's grouped-GEMM experts over `tokens` tokens, beyond the residual streams: router logits,
-    top-k weights (fp32) and indices (int64), the routing sort, the gathered hidden states, and per
-    routed token the gate_up output (2·I), act(gate) and the product."""
-    routed = tokens * spec.experts_per_token
-    return (tokens * spec.num_experts * e + routed * (4 + INT64 + 2 * INT64 + 2 * 4)
-            + routed * (spec.hidden_size + 4 * spec.intermediate_size) * e + 2 * 4 * spec.num_experts)
-
-
-def _block_scope(spec: ModelSpec, w: Workload, tokens: int, ctx: int) -> dict:
-    """What a record's activation expressions see: the spec's dims and config, and the workload's
-    b (batch), t (positions in this forward), ctx (positions attended), e and kvb (bytes per element
-    of the compute and cache dtypes), rows (1 in a plain forward, b in generate), eager / sdpa (bool)."""
-    return {**spec.scope, "b": w.batch, "t": tokens, "ctx": ctx, "e": w.dtype_bytes, "kvb": w.kv_bytes,
-            "rows": w.batch if w.phase == "generate" else 1, "eager": w.attention == "eager",
-            "sdpa": w.attention == "sdpa"}
-
-
-def _record_block(spec: ModelSpec, table: str, kind: str, scope: dict) -> float | None:
-    """A layer kind's transient bytes given by the record as an expression (``[activations.<table>]``)."""
-    terms = spec.record.activations.get(table) or {}
-    return evaluate(terms[kind], scope) if kind in terms else None
-
-
-def _past_window(spec: ModelSpec, w: Workload, ctx: int) -> bool:
-    """Past the window, SDPA can no longer be told "causal" on sliding layers: transformers builds
-    explicit masks (a boolean tokens x ctx one, broadcast over the batch, alive through the forward)."""
-    return w.attention == "sdpa" and bool(spec.sliding_layers) and ctx >= spec.sliding_window
-
-
-def _attention_block(spec: ModelSpec, w: Workload, kind: str, tokens: int, ctx: int, c: Coefficients,
-                     scope: dict) -> tuple[float, float]:
-    """One attention layer of `kind`: bytes alive at its peak, and bytes it leaves alive during the
-    layer's MLP (eager attention's probabilities)."""
-    custom = _record_block(spec, "block", kind, scope)
-    if custom is not None:
-        return custom, 0
-    b, e, h = w.batch, w.dtype_bytes, spec.hidden_size
-    shape, heads, hd = shape_of(spec), spec.num_heads, spec.head_dim
-    fused = b * tokens * (heads + 2 * spec.num_kv_heads) * hd * e if shape.fused_qkv else 0
-    # repeat_kv copies keys and values to every head only when there are fewer KV heads than heads
-    qkv = shape.qkv_streams - (2 if shape.qkv_streams == 3 and spec.num_kv_heads == heads else 0)
-    attn = b * tokens * (c.attention_residual_streams * h + c.attention_streams * qkv / 3 * heads * hd) * e + fused
-    attn += _term_in(spec, "attention_extra", scope)
-    if kind == "sliding_attention" and _past_window(spec, w, ctx):
-        # each sliding layer turns the boolean mask into an additive float mask expanded over the batch,
-        # alive with the kernel's output and its fp32 logsumexp
-        attn += b * tokens * ctx * e + b * tokens * heads * (hd * e + 4)
-    if w.attention != "eager":
-        return attn, 0
-    if e == 4:
-        per_score = c.eager_scores_bytes_fp32
-    else:
-        per_score = c.eager_scores_bytes_half if shape.half_softmax_fp32 else 2 * e
-    # The layer keeps the returned attention probabilities (`hidden, _ = self_attn(...)`) during its MLP.
-    return attn + b * heads * tokens * ctx * per_score, c.eager_probs_kept * b * heads * tokens * ctx * e
-
-
-def _mlp_block(spec: ModelSpec, w: Workload, kind: str, tokens: int, c: Coefficients, scope: dict) -> float:
-    """One MLP of `kind` ("dense", "moe", or a kind the record prices) over `tokens` positions."""
-    custom = _record_block(spec, "mlp_block", kind, scope)
-    if custom is not None:
-        return custom
-    b, e, h = w.batch, w.dtype_bytes, spec.hidden_size
-    shape = shape_of(spec)
-    if kind == "moe" and shape.moe == "grouped_mm":
-        return b * tokens * c.residual_streams * h * e + _moe_mlp(spec, b * tokens, e)
-    streams = c.residual_streams + shape.mlp_streams - LLAMA_LIKE.mlp_streams
-    inter = c.mlp_intermediates + shape.mlp_intermediates - LLAMA_LIKE.mlp_intermediates
-    return b * tokens * (streams * h + inter * spec.intermediate_size) * e + _term_in(spec, "mlp_extra", scope)
-
-
-def _term_in(spec: ModelSpec, name: str, scope: dict) -> float:
-    expr = spec.record.activations.get(name)
-    return evaluate(expr, scope) if expr is not None else 0
-
-
-def _layer_transients(spec: ModelSpec, w: Workload, tokens: int, ctx: int, c: Coefficients) -> dict[str, float]:
-    """Bytes alive above weights and cache during one layer over `tokens` new positions of `ctx`: the
-    largest over the model's kinds of layer (attention kind x MLP kind)."""
-    b, e = w.batch, w.dtype_bytes
-    scope = _block_scope(spec, w, tokens, ctx)
-    # Positions: rotary cos/sin (compute dtype) or a learned table, and the int64 position ids; generate
-    # computes position ids per sequence from its attention mask, so they are batched there.
-    rows = scope["rows"]
-    if shape_of(spec).learned_positions:
-        pos = rows * tokens * (spec.hidden_size * e + INT64)
-    else:
-        pos = rows * tokens * (2 * spec.dim("rotary_dim", spec.head_dim) * e + INT64)
-    # Masks alive through the whole forward: SDPA's boolean one past a sliding window; eager's 4-D
-    # float mask, one per kind of layer (full, sliding).
-    masks = tokens * ctx if _past_window(spec, w, ctx) else 0
-    if w.attention == "eager":
-        masks += len(set(spec.layer_types)) * b * tokens * ctx * e
-    out = {"mlp": 0.0, "attention": 0.0}
-    for attn_kind, mlp_kind in dict.fromkeys(zip(spec.layer_types, spec.layer_mlp)):
-        attn, kept = _attention_block(spec, w, attn_kind, tokens, ctx, c, scope)
-        mlp = _mlp_block(spec, w, mlp_kind, tokens, c, scope) + kept
-        out["attention"] = max(out["attention"], pos + masks + attn)
-        out["mlp"] = max(out["mlp"], pos + masks + mlp)
-    return out
-
-
-def _logit_softcap(spec: ModelSpec) -> float | None:
-    """Final logit soft-capping (tanh(logits / cap) * cap): Gemma 2's is 30 by default."""
-    return _term(spec, "logit_softcap")
-
-
 def forward_scope(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> dict:
     """The variables a forward program runs under (estimator/program.py)."""
     return {**spec.scope, "b": w.batch, "t": tokens, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes,
-            "kvb": w.kv_bytes, "rows": w.batch if w.phase == "generate" else 1, "half": w.dtype != "fp32",
-            "eager": w.attention == "eager", "sdpa": w.attention == "sdpa", "generate": w.phase == "generate",
-            "decode": decode, "static": w.cache == "static" and w.phase == "generate",
-            "gqa": spec.num_kv_heads < spec.num_heads, "mqa": spec.num_kv_heads == 1 < spec.num_heads,
-            "past_window": _past_window(spec, w, ctx), "i": 0}
+            "kvb": w.kv_bytes, "rows": w.batch if w.phase == "generate" else 1, "i": 0,
+            **program.flags(spec, w, tokens, ctx, decode)}
 
 
 def _forward(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> program.ForwardRun:
@@ -368,16 +211,6 @@ def _rerun(spec: ModelSpec, w: Workload, previous: int) -> int | None:
     old = kv_cache_bytes(spec, w.with_(new_tokens=limit - w.prompt_len + 1))
     ids = 2 * b * w.prompt_len * INT64 + b * (2 * n - 1) * INT64 + 4 * b * INT64 + generate_scalars(spec)
     return ids + previous + old + _forward(spec, w, n, n, 1, decode=False).peak_bytes
-
-
-def _static_mask(spec: ModelSpec, w: Workload, tokens: int) -> int:
-    """A decode step over a static cache masks its whole length, one mask per kind of layer (a sliding
-    layer's cache is at most its window): SDPA with a boolean mask, eager with a float one; the mask
-    outlives the step's forward."""
-    if w.cache != "static" or tokens > 1:  # the prompt's forward: eager's float mask is in its attention term
-        return 0
-    lengths = {t: p for t, p in zip(spec.layer_types, kv_positions(spec, w))}
-    return w.batch * tokens * sum(lengths.values()) * (w.dtype_bytes if w.attention == "eager" else 1)
 
 
 def activation_bytes(spec: ModelSpec, w: Workload, c: Coefficients = DEFAULT) -> tuple[int, str]:

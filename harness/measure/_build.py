@@ -25,9 +25,11 @@ from typing import Any
 import torch
 
 from estimator.errors import MemcalError
+from estimator.expr import evaluate
 from estimator.spec import ModelSpec
 from estimator.workload import Workload
 
+from . import _experts as experts
 from ._tracker import storages_bytes
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -105,14 +107,20 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str 
             return "a dry run cannot quantize: bitsandbytes quantizes with real kernels (measure on cpu or cuda)"
         if device == "mps":
             return "bitsandbytes has no MPS backend"
-    if device == "dry-run" and spec.is_moe and workload.dtype != "bf16":
-        return ("a dry run of an MoE model needs --dtype bf16: the fake (meta) kernel of torch's grouped_mm, "
-                "which transformers' experts run, accepts bf16 only")
     if workload.attention == "flash":
         if importlib.util.find_spec("flash_attn") is None:
             return "flash attention needs the flash_attn package (not installed here)"
         if device != "cuda":
             return "flash attention runs on CUDA only"
+    return _record_refusal(spec, workload)
+
+
+def _record_refusal(spec: ModelSpec, workload: Workload) -> str | None:
+    """The reason the family's record gives for a workload transformers cannot run (`unsupported`)."""
+    scope = {**spec.scope, "phase": workload.phase, "cache": workload.cache, "attention": workload.attention}
+    for condition, reason in (spec.record.unsupported if spec.record else ()):
+        if evaluate(condition, scope):
+            return reason
     return None
 
 
@@ -170,6 +178,8 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
         raise MemcalError(reason)
     torch_device = "cpu" if device == "dry-run" else device
     notes: list[str] = []
+    if spec.is_moe:
+        experts.install()  # the CPU experts path of a real run, in a dry run too (harness/measure/_experts.py)
     fake_mode = None
     torch.manual_seed(seed)
     if device == "dry-run":
@@ -196,8 +206,8 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
         notes.append("bitsandbytes repacked the 4-bit weights for its CPU kernel on a warm-up forward "
                      "(absmax in bf16, double quantization undone); weights are measured after it")
     if spec.is_moe:
-        notes.append(f"MoE experts implementation: {_experts_impl(model)}; on CPU torch's grouped_mm "
-                     "kernel needs 16-byte aligned bf16 inputs, other cases use transformers' fallback")
+        notes.append(f"MoE experts implementation: {_experts_impl(model)}; on CPU, operands whose strides torch's "
+                     "grouped_mm kernel rejects (not multiples of 16 bytes) take transformers' fallback")
     return BuiltModel(model=model, spec=spec, device=device, torch_device=torch_device, dtype=workload.dtype,
                       weights=workload.weights, double_quant=workload.double_quant, attention=workload.attention,
                       fake_mode=fake_mode, weight_bytes=storages_bytes(weight_tensors(model)), notes=tuple(notes))

@@ -1,8 +1,8 @@
 """The dry run's fake-tensor mode: PyTorch's FakeTensorMode, with the storage tracker inside it.
 
 A dry run's cost is FakeTensorMode's cost per aten op (a 70B prefill is ~10,000 ops, and the
-model's own Python is a few percent of it). `DryRunMode` changes three things, none of which changes
-what a dry run computes or counts:
+model's own Python is a few percent of it). `DryRunMode` changes four things; all but the grouped_mm
+one (which makes a dry run compute what a real CPU run computes) leave what it computes and counts alone:
 
 * **The tracker rides inside the mode.** `attach(tracker)` makes the mode hand every op's outputs
   to a `StorageTracker` itself, instead of the tracker being a second Python dispatch mode stacked
@@ -19,6 +19,8 @@ what a dry run computes or counts:
   by op over whole traces), so the cache behaves exactly as before. If torch's `TensorMetadata` has
   other fields than the ones this code knows (another torch version), the fast key is off and
   everything goes the stock way.
+* **`aten._grouped_mm` of CPU tensors follows the CPU kernel** (any float dtype, 16-byte strides),
+  not the CUDA-only meta kernel (bf16 only): harness/measure/_experts.py.
 * **`aten._unsafe_view` is answered as `aten.view`.** FakeTensorMode never caches `_unsafe_view`
   (every matmul's result goes through it) and computes it by its decomposition, which is
   `aten.view(x, size)`: asking for `view` directly gives the same tensor on the same storage from
@@ -35,6 +37,8 @@ from typing import Any
 import torch
 from torch._prims_common import suggest_memory_format
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, TensorMetadata
+
+from ._experts import GROUPED_MM, fake_grouped_mm
 
 __all__ = ["DryRunMode", "FAST_KEY_SUPPORTED"]
 
@@ -82,10 +86,10 @@ class DryRunMode(FakeTensorMode):
     def dispatch(self, func, types, args=(), kwargs=None):
         tracker, asked = self._tracker, _VIEW if func is _UNSAFE_VIEW else func
         if tracker is None or self._inside:  # building, or an op of the mode's own decompositions
-            return super().dispatch(asked, types, args, kwargs)
+            return self._run(asked, types, args, kwargs)
         self._inside = True
         try:
-            out = super().dispatch(asked, types, args, kwargs)
+            out = self._run(asked, types, args, kwargs)
         finally:
             self._inside = False
         tracker.observe(func, out)
@@ -93,6 +97,14 @@ class DryRunMode(FakeTensorMode):
             error, out = tracker.cap_error(func), None  # drop the outputs: their storages are freed
             raise error
         return out
+
+    def _run(self, func, types, args, kwargs):
+        if func is GROUPED_MM and args[0].device.type == "cpu":  # the CPU kernel's rules, not CUDA's meta
+            with self:
+                out = fake_grouped_mm(*args, **(kwargs or {}))
+            if out is not NotImplemented:
+                return out
+        return super().dispatch(func, types, args, kwargs)
 
     # --- the cache key ----------------------------------------------------------------------------
     def _prep_args_for_hash(self, result, args, state, id_hashed_objects):

@@ -135,7 +135,8 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     kv = cache_bytes(output.cache) if output is not None else None
     notes = list(built.notes)
     if device == "dry-run" and spec.is_moe and status != "ok":
-        notes.append("dry-run MoE: transformers' expert routing reads token counts unless grouped_mm runs (bf16)")
+        notes.append("dry-run MoE: transformers' eager experts read routing counts; its grouped_mm path (the default) "
+                     "does not")
     record = Measurement(
         model=spec.name, family=spec.family, device=device, workload=dataclasses.asdict(workload),
         status=status, message=message, kv_cache_bytes=kv,
@@ -153,7 +154,7 @@ def _classify(exc: Exception, built: BuiltModel) -> tuple[str, str]:
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
     if isinstance(exc, (DataDependentOutputException, DynamicOutputShapeException)):
         return "unsupported", (f"dry run: the model reads tensor data ({exc.func}) to decide shapes; "
-                               "fake tensors have none (MoE routing: try --dtype bf16)")
+                               "fake tensors have none (MoE routing: keep transformers' default grouped_mm experts)")
     if "out of memory" in str(exc).lower():  # MPS and some CUDA paths raise RuntimeError, not OutOfMemoryError
         return "oom", one_line(exc)
     return "error", one_line(exc)

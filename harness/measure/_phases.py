@@ -75,12 +75,15 @@ def make_inputs(built: BuiltModel, workload: Workload, seed: int = 0) -> torch.T
 
 
 def cache_bytes(cache: Any) -> int | None:
-    """Distinct storages behind the cache's tensors (a sliding-window view keeps its full storage)."""
+    """Distinct storages behind the cache's tensors (a sliding-window view keeps its full storage),
+    those a layer keeps in containers included (a linear-attention layer's dicts of conv and
+    recurrent states, one per state index)."""
     if cache is None:
         return None
     tensors: list[torch.Tensor] = []
     for layer in getattr(cache, "layers", None) or []:
-        tensors.extend(v for v in vars(layer).values() if isinstance(v, torch.Tensor))
+        flat, _ = torch.utils._pytree.tree_flatten(list(vars(layer).values()))
+        tensors.extend(v for v in flat if isinstance(v, torch.Tensor))
     if not tensors:  # a legacy tuple cache
         flat, _ = torch.utils._pytree.tree_flatten(cache)
         tensors = [t for t in flat if isinstance(t, torch.Tensor)]
