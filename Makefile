@@ -1,12 +1,16 @@
 # The README's two commands: `make demo` and `make test`. Each creates the virtual environment and
 # installs memcal on a fresh machine first (torch pinned to its CPU build by constraints/cpu.txt).
+# `make test` is the full suite (CI runs it; it includes ruff and the import-linter contracts, as
+# tests/test_boundaries.py); `make test-fast` leaves out the tests marked slow: the developer's loop.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.memcal-installed
 DEMO_MODEL ?= meta-llama/Llama-3.1-8B
+# pytest-xdist: one worker per core, at most 4 (each worker imports torch and transformers).
+XDIST ?= -n auto --maxprocesses 4
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +34,18 @@ demo: $(STAMP)
 	@echo "report: $(DEMO_OUT)/report/report.html (Markdown: $(DEMO_OUT)/report/report.md)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
+
+# What tests/test_boundaries.py checks, with the tools' own output.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-enable -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks *.egg-info
+	rm -rf $(VENV) .pytest_cache .benchmarks .ruff_cache .import_linter_cache *.egg-info

@@ -1,7 +1,7 @@
 """Top-level pytest configuration: offline Hub, quiet libraries.
 
 Device markers (cuda, mps, gpu), --memcal-device and the memcal_peak fixture come from memcal's pytest
-plugin (harness/pytest_plugin.py, registered through the pytest11 entry point in pyproject.toml).
+plugin (harness/gate/pytest_plugin.py, registered through the pytest11 entry point in pyproject.toml).
 """
 from __future__ import annotations
 

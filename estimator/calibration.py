@@ -1,6 +1,6 @@
 """Calibration profiles: per-formula correction factors fitted to measurements, loaded and applied.
 
-A profile is a versioned JSON file written by `memcal fit` (harness/fit.py). For every formula it
+A profile is a versioned JSON file written by `memcal fit` (`harness.analysis.fit`). For every formula it
 holds factors for the two terms a formula cannot know exactly from a config:
 
     activation' = activation_scale * activation + activation_offset_bytes     (clipped at 0)

@@ -337,118 +337,131 @@ def _seed004_kv_act() -> list[SeedExample]:
     ]
 
 
-def _seed004_totals() -> list[SeedExample]:
-    m8 = "Llama 3 8B, Q4_K_M, B 1, S 1,000,000, FP16 KV, overhead 2 GiB"
-    s1, s2 = "Llama 2 70B FP16, B 1, S 2,048 ('2K'), overhead 2 GiB", "Llama 2 70B FP16, B 8, S 32,768 ('32K')"
-    e1 = "Llama 3 8B, Q4_K_M, B 1, S 4,096, FP16 KV, overhead 1 GiB"
-    e2 = "Llama 2 70B, B 4, S 8,192, overhead 2 GiB, weights "
-    e3i = "Llama 3 8B, Q4_K_M, B 1, S 1,000,000, INT8 KV, overhead 2 GiB"
-    b8 = lambda **kw: _b004(LLAMA3_8B, P8, 1_000_000, weights="Q4_K_M", **kw)  # noqa: E731
-    b8i = lambda: b8(kv_dtype="int8")  # noqa: E731
-    b70s1 = lambda: _b004(LLAMA2_70B, P70, 2048, 1)  # noqa: E731
-    b70s2 = lambda: _b004(LLAMA2_70B, P70, 32768, 8)  # noqa: E731
-    b70e2 = lambda **kw: _b004(LLAMA2_70B, P70, 8192, 4, **kw)  # noqa: E731
-    b8e1 = lambda: _b004(LLAMA3_8B, P8, 4096, 1, overhead_gib=1, weights="Q4_K_M")  # noqa: E731
-    t8 = "its rows sum to 197.5 (3.5 + 128 + 64 + 2); the formula's rows: 3.73 + 488.28 + 244.14 + 2 = 738.15 GiB"
-    rows = []
+# §5 and §6: each scenario as the sheet states it, and the formula's arguments (`_b004`).
+_E2 = "Llama 2 70B, B 4, S 8,192, overhead 2 GiB, weights "
+_SCENARIOS004 = {
+    "8b-1m": ("Llama 3 8B, Q4_K_M, B 1, S 1,000,000, FP16 KV, overhead 2 GiB",
+              (LLAMA3_8B, P8, 1_000_000), {"weights": "Q4_K_M"}),
+    "8b-1m-int8kv": ("Llama 3 8B, Q4_K_M, B 1, S 1,000,000, INT8 KV, overhead 2 GiB",
+                     (LLAMA3_8B, P8, 1_000_000), {"weights": "Q4_K_M", "kv_dtype": "int8"}),
+    "70b-2k": ("Llama 2 70B FP16, B 1, S 2,048 ('2K'), overhead 2 GiB", (LLAMA2_70B, P70, 2048, 1), {}),
+    "70b-32k": ("Llama 2 70B FP16, B 8, S 32,768 ('32K')", (LLAMA2_70B, P70, 32768, 8), {}),
+    "8b-4k": ("Llama 3 8B, Q4_K_M, B 1, S 4,096, FP16 KV, overhead 1 GiB",
+              (LLAMA3_8B, P8, 4096, 1), {"overhead_gib": 1, "weights": "Q4_K_M"}),
+    "70b-8k-fp16": (_E2 + "FP16", (LLAMA2_70B, P70, 8192, 4), {}),
+    "70b-8k-int8": (_E2 + "INT8", (LLAMA2_70B, P70, 8192, 4), {"weights": "int8"}),
+    "70b-8k-q4": (_E2 + "Q4_K_M, FP16 KV", (LLAMA2_70B, P70, 8192, 4), {"weights": "Q4_K_M"}),
+    "70b-8k-q4-int8kv": (_E2 + "Q4_K_M, INT8 KV", (LLAMA2_70B, P70, 8192, 4),
+                         {"weights": "Q4_K_M", "kv_dtype": "int8"}),
+}
+# component -> (the quantity as the rows name it, the breakdown's field)
+_COMPONENTS004 = {"weights": ("model weights", "weights_bytes"), "kv": ("KV cache", "kv_cache_bytes"),
+                  "act": ("activation memory", "activation_bytes"), "overhead": ("overhead", "overhead_bytes"),
+                  "total": ("total", "total_bytes")}
+_T8 = "its rows sum to 197.5 (3.5 + 128 + 64 + 2); the formula's rows: 3.73 + 488.28 + 244.14 + 2 = 738.15 GiB"
+_KV70_8K = "2 x 4 x 8,192 x 8,192 x 80 x 2 = 85,899,345,920 bytes = 80 GiB"
+_ACT70_8K = "4 x 8,192 x 8,192 x 80 x 2 = 42,949,672,960 bytes = 40 GiB"
+_Q4_70 = _DEC.format("70e9 x 0.5 = 35e9 bytes", "32.60")
+# §6 Example 2's three plans: key, what, scenario, and per component its (quote, printed, slip); the
+# activations and overhead rows are the same in all three.
+_EX2_PLANS = (
+    ("int8", "INT8", "70b-8k-int8", {
+        "weights": ("- Use INT8: 70 GB (model weights)", 70, _DEC.format("70e9 x 1 = 70e9 bytes", "65.19")),
+        "kv": ("- KV Cache (8K tokens, batch=4): ~64 GB", 64, _KV70_8K),
+        "total": ("**Total: ~146 GB**", 146, "its rows sum to 146; the formula's: 65.19 + 80 + 40 + 2 = 187.19 GiB")}),
+    ("better", "Q4_K_M, FP16 KV", "70b-8k-q4", {
+        "weights": ("- Use Q4_K_M: ~35 GB (model weights)", 35, _Q4_70),
+        "kv": ("- KV Cache (FP16): ~64 GB", 64, _KV70_8K),
+        "total": ("**Total: ~111 GB**", 111, "its rows sum to 111; the formula's: 32.60 + 80 + 40 + 2 = 154.60 GiB")}),
+    ("optimal", "Q4_K_M, INT8 KV", "70b-8k-q4-int8kv", {
+        "weights": ("- Use Q4_K_M: ~35 GB", 35, _Q4_70),
+        "kv": ("- KV Cache (INT8): ~32 GB", 32, "2 x 4 x 8,192 x 8,192 x 80 x 1 = 42,949,672,960 bytes = 40 GiB"),
+        "total": ("**Total: ~79 GB**", 79, "its rows sum to 79; the formula's: 32.60 + 40 + 40 + 2 = 114.60 GiB")}),
+)
+_EX2_SHARED = {"act": ("- Activation Memory: ~10 GB", 10, _ACT70_8K), "overhead": ("- Overhead: 2 GB", 2, None)}
+_EX2_NAMES = {"weights": "weights", "kv": "KV cache", "act": "activations", "overhead": "overhead", "total": "total"}
 
-    def add(key, label, inputs, quantity, quote, printed, digits, compute, why=None, unit="GiB"):
-        rows.append(_row004(key, label, inputs, quantity, quote, printed, digits, compute, why, unit))
 
-    def eight_b_1m(sec, pre, wq, kq, aq, oq, tq):  # the same five rows in §5's table and §6 Example 3
-        add(f"{sec}-weights", f"{pre}, Llama 3 8B 1M, weights", m8, "model weights", wq, 3.5, 1,
-            lambda: b8().weights_bytes, _W8Q4)
-        add(f"{sec}-kv", f"{pre}, Llama 3 8B 1M, KV cache", m8, "KV cache", kq, 128, 0,
-            lambda: b8().kv_cache_bytes, _KV8)
-        add(f"{sec}-act", f"{pre}, Llama 3 8B 1M, activations", m8, "activation memory", aq, 64, 0,
-            lambda: b8().activation_bytes, _ACT8)
-        add(f"{sec}-overhead", f"{pre}, Llama 3 8B 1M, overhead", m8, "overhead", oq, 2, 0, lambda: b8().overhead_bytes)
-        add(f"{sec}-total", f"{pre}, Llama 3 8B 1M, total", m8, "total", tq, 197.5, 1, lambda: b8().total_bytes, t8)
+def _example2_rows():
+    for key, what, scenario, parts in _EX2_PLANS:
+        for part, name in _EX2_NAMES.items():
+            quote, printed, why = {**parts, **_EX2_SHARED}[part]
+            yield (f"s6-ex2-{key}-{part}", f"§6 Example 2 ({what}), {name}", scenario, part, quote, printed, 0, why)
 
-    eight_b_1m("s5", "§5 table", "| Model Weights (Q4_K_M) | 3.5 |", "| KV Cache | 128 |",
-               "| Activation Memory | 64 |", "| System Overhead | 2 |", "| **Total** | **197.5 GB** |")
 
+# key, label, scenario, component, quote, printed, digits, slip (or "note: ...")
+_TOTALS004 = [
+    ("s5-weights", "§5 table, Llama 3 8B 1M, weights", "8b-1m", "weights", "| Model Weights (Q4_K_M) | 3.5 |", 3.5, 1,
+     _W8Q4),
+    ("s5-kv", "§5 table, Llama 3 8B 1M, KV cache", "8b-1m", "kv", "| KV Cache | 128 |", 128, 0, _KV8),
+    ("s5-act", "§5 table, Llama 3 8B 1M, activations", "8b-1m", "act", "| Activation Memory | 64 |", 64, 0, _ACT8),
+    ("s5-overhead", "§5 table, Llama 3 8B 1M, overhead", "8b-1m", "overhead", "| System Overhead | 2 |", 2, 0, None),
+    ("s5-total", "§5 table, Llama 3 8B 1M, total", "8b-1m", "total", "| **Total** | **197.5 GB** |", 197.5, 1, _T8),
     # §5 scenarios of Llama 2 70B
-    add("s5-sc1-weights", "§5 Scenario 1, weights (FP16)", s1, "model weights", "- Model Weights (FP16): 140 GB",
-        140, 0,
-        lambda: b70s1().weights_bytes, _W70)
-    add("s5-sc1-kv", "§5 Scenario 1, KV cache", s1, "KV cache", "- KV Cache: ~16 GB", 16, 0,
-        lambda: b70s1().kv_cache_bytes, "2 x 1 x 2,048 x 8,192 x 80 x 2 = 5,368,709,120 bytes = 5 GiB")
-    add("s5-sc1-act", "§5 Scenario 1, activations", s1, "activation memory", "- Activation Memory: ~2.5 GB", 2.5, 1,
-        lambda: b70s1().activation_bytes)
-    add("s5-sc1-overhead", "§5 Scenario 1, overhead", s1, "overhead", "- Overhead: 2 GB", 2, 0,
-        lambda: b70s1().overhead_bytes)
-    add("s5-sc1-total", "§5 Scenario 1, total", s1, "total", "**Total: ~160.5 GB**", 160.5, 1,
-        lambda: b70s1().total_bytes, "its rows sum to 160.5; the formula's: 130.39 + 5 + 2.5 + 2 = 139.89 GiB")
-    add("s5-sc2-weights", "§5 Scenario 2, weights (FP16)", s2, "model weights", "- Model Weights (FP16): 140 GB",
-        140, 0,
-        lambda: b70s2().weights_bytes, _W70)
-    add("s5-sc2-kv", "§5 Scenario 2, KV cache", s2, "KV cache", "- KV Cache: ~256 GB", 256, 0,
-        lambda: b70s2().kv_cache_bytes, "2 x 8 x 32,768 x 8,192 x 80 x 2 = 687,194,767,360 bytes = 640 GiB")
-    add("s5-sc2-act", "§5 Scenario 2, activations", s2, "activation memory", "- Activation Memory: ~40 GB", 40, 0,
-        lambda: b70s2().activation_bytes, "8 x 32,768 x 8,192 x 80 x 2 = 343,597,383,680 bytes = 320 GiB")
-    add("s5-sc2-overhead", "§5 Scenario 2, overhead", s2, "overhead", "- Overhead: 2 GB", 2, 0,
-        lambda: b70s2().overhead_bytes)
-    add("s5-sc2-total", "§5 Scenario 2, total", s2, "total", "**Total: ~438 GB**", 438, 0,
-        lambda: b70s2().total_bytes, "its rows sum to 438; the formula's: 130.39 + 640 + 320 + 2 = 1,092.39 GiB")
-
+    ("s5-sc1-weights", "§5 Scenario 1, weights (FP16)", "70b-2k", "weights", "- Model Weights (FP16): 140 GB", 140, 0,
+     _W70),
+    ("s5-sc1-kv", "§5 Scenario 1, KV cache", "70b-2k", "kv", "- KV Cache: ~16 GB", 16, 0,
+     "2 x 1 x 2,048 x 8,192 x 80 x 2 = 5,368,709,120 bytes = 5 GiB"),
+    ("s5-sc1-act", "§5 Scenario 1, activations", "70b-2k", "act", "- Activation Memory: ~2.5 GB", 2.5, 1, None),
+    ("s5-sc1-overhead", "§5 Scenario 1, overhead", "70b-2k", "overhead", "- Overhead: 2 GB", 2, 0, None),
+    ("s5-sc1-total", "§5 Scenario 1, total", "70b-2k", "total", "**Total: ~160.5 GB**", 160.5, 1,
+     "its rows sum to 160.5; the formula's: 130.39 + 5 + 2.5 + 2 = 139.89 GiB"),
+    ("s5-sc2-weights", "§5 Scenario 2, weights (FP16)", "70b-32k", "weights", "- Model Weights (FP16): 140 GB", 140, 0,
+     _W70),
+    ("s5-sc2-kv", "§5 Scenario 2, KV cache", "70b-32k", "kv", "- KV Cache: ~256 GB", 256, 0,
+     "2 x 8 x 32,768 x 8,192 x 80 x 2 = 687,194,767,360 bytes = 640 GiB"),
+    ("s5-sc2-act", "§5 Scenario 2, activations", "70b-32k", "act", "- Activation Memory: ~40 GB", 40, 0,
+     "8 x 32,768 x 8,192 x 80 x 2 = 343,597,383,680 bytes = 320 GiB"),
+    ("s5-sc2-overhead", "§5 Scenario 2, overhead", "70b-32k", "overhead", "- Overhead: 2 GB", 2, 0, None),
+    ("s5-sc2-total", "§5 Scenario 2, total", "70b-32k", "total", "**Total: ~438 GB**", 438, 0,
+     "its rows sum to 438; the formula's: 130.39 + 640 + 320 + 2 = 1,092.39 GiB"),
     # §6 Example 1: Llama 3 8B, 4K, 24 GB GPU
-    add("s6-ex1-weights", "§6 Example 1, weights (Q4_K_M)", e1, "model weights",
-        "- Use Q4_K_M quantization: 3.5 GB (model weights)", 3.5, 1, lambda: b8e1().weights_bytes, _W8Q4)
-    add("s6-ex1-kv", "§6 Example 1, KV cache", e1, "KV cache", "- KV Cache (4K tokens): ~1 GB", 1, 0,
-        lambda: b8e1().kv_cache_bytes, "2 x 1 x 4,096 x 4,096 x 32 x 2 = 2,147,483,648 bytes = 2 GiB")
-    add("s6-ex1-act", "§6 Example 1, activations", e1, "activation memory", "- Activation Memory: ~0.25 GB", 0.25, 2,
-        lambda: b8e1().activation_bytes, "1 x 4,096 x 4,096 x 32 x 2 = 1,073,741,824 bytes = 1 GiB")
-    add("s6-ex1-overhead", "§6 Example 1, overhead", e1, "overhead", "- Overhead: 1 GB", 1, 0,
-        lambda: b8e1().overhead_bytes)
-    add("s6-ex1-total", "§6 Example 1, total", e1, "total", "**Total: ~5.75 GB**", 5.75, 2,
-        lambda: b8e1().total_bytes, "its rows sum to 5.75; the formula's: 3.73 + 2 + 1 + 1 = 7.73 GiB")
+    ("s6-ex1-weights", "§6 Example 1, weights (Q4_K_M)", "8b-4k", "weights",
+     "- Use Q4_K_M quantization: 3.5 GB (model weights)", 3.5, 1, _W8Q4),
+    ("s6-ex1-kv", "§6 Example 1, KV cache", "8b-4k", "kv", "- KV Cache (4K tokens): ~1 GB", 1, 0,
+     "2 x 1 x 4,096 x 4,096 x 32 x 2 = 2,147,483,648 bytes = 2 GiB"),
+    ("s6-ex1-act", "§6 Example 1, activations", "8b-4k", "act", "- Activation Memory: ~0.25 GB", 0.25, 2,
+     "1 x 4,096 x 4,096 x 32 x 2 = 1,073,741,824 bytes = 1 GiB"),
+    ("s6-ex1-overhead", "§6 Example 1, overhead", "8b-4k", "overhead", "- Overhead: 1 GB", 1, 0, None),
+    ("s6-ex1-total", "§6 Example 1, total", "8b-4k", "total", "**Total: ~5.75 GB**", 5.75, 2,
+     "its rows sum to 5.75; the formula's: 3.73 + 2 + 1 + 1 = 7.73 GiB"),
+    # §6 Example 2: Llama 2 70B, 8K, batch 4, on an 80 GB A100: FP16, then three plans
+    ("s6-ex2-fp16-weights", "§6 Example 2, weights (FP16)", "70b-8k-fp16", "weights",
+     "- Use FP16: 140 GB (model weights)", 140, 0, _W70),
+    *_example2_rows(),
+    # §6 Example 3: Llama 3 8B, 1M tokens (§5's table again), then with an INT8 KV cache
+    ("s6-ex3-weights", "§6 Example 3, Llama 3 8B 1M, weights", "8b-1m", "weights", "- Model Weights (Q4_K_M): 3.5 GB",
+     3.5, 1, _W8Q4),
+    ("s6-ex3-kv", "§6 Example 3, Llama 3 8B 1M, KV cache", "8b-1m", "kv", "- KV Cache (FP16): 128 GB", 128, 0, _KV8),
+    ("s6-ex3-act", "§6 Example 3, Llama 3 8B 1M, activations", "8b-1m", "act", "- Activation Memory: 64 GB", 64, 0,
+     _ACT8),
+    ("s6-ex3-overhead", "§6 Example 3, Llama 3 8B 1M, overhead", "8b-1m", "overhead", "- Overhead: 2 GB", 2, 0, None),
+    ("s6-ex3-total", "§6 Example 3, Llama 3 8B 1M, total", "8b-1m", "total", "**Total: 197.5 GB**", 197.5, 1, _T8),
+    ("s6-ex3-kv-int8", "§6 Example 3, INT8 KV cache", "8b-1m-int8kv", "kv", "- KV Cache (INT8): 64 GB", 64, 0,
+     "2 x 1,000,000 x 4,096 x 32 x 1 = 262,144,000,000 bytes = 244.14 GiB"),
+    ("s6-ex3-total-int8", "§6 Example 3, new total with INT8 KV", "8b-1m-int8kv", "total", "**New Total: 133.5 GB**",
+     133.5, 1, "3.73 + 244.14 + 244.14 + 2 = 494.01 GiB by the formula"),
+]
 
-    # §6 Example 2: Llama 2 70B, 8K, batch 4, on an 80 GB A100
-    kv16 = "2 x 4 x 8,192 x 8,192 x 80 x 2 = 85,899,345,920 bytes = 80 GiB"
-    kv8 = "2 x 4 x 8,192 x 8,192 x 80 x 1 = 42,949,672,960 bytes = 40 GiB"
-    act = "4 x 8,192 x 8,192 x 80 x 2 = 42,949,672,960 bytes = 40 GiB"
-    add("s6-ex2-fp16-weights", "§6 Example 2, weights (FP16)", e2 + "FP16", "model weights",
-        "- Use FP16: 140 GB (model weights)", 140, 0, lambda: b70e2().weights_bytes, _W70)
-    plans = (("int8", "INT8", {"weights": "int8"}, "- Use INT8: 70 GB (model weights)", 70,
-              _DEC.format("70e9 x 1 = 70e9 bytes", "65.19"), "- KV Cache (8K tokens, batch=4): ~64 GB", 64, kv16,
-              "**Total: ~146 GB**", 146, "its rows sum to 146; the formula's: 65.19 + 80 + 40 + 2 = 187.19 GiB"),
-             ("better", "Q4_K_M, FP16 KV", {"weights": "Q4_K_M"}, "- Use Q4_K_M: ~35 GB (model weights)", 35,
-              _DEC.format("70e9 x 0.5 = 35e9 bytes", "32.60"), "- KV Cache (FP16): ~64 GB", 64, kv16,
-              "**Total: ~111 GB**", 111, "its rows sum to 111; the formula's: 32.60 + 80 + 40 + 2 = 154.60 GiB"),
-             ("optimal", "Q4_K_M, INT8 KV", {"weights": "Q4_K_M", "kv_dtype": "int8"}, "- Use Q4_K_M: ~35 GB", 35,
-              _DEC.format("70e9 x 0.5 = 35e9 bytes", "32.60"), "- KV Cache (INT8): ~32 GB", 32, kv8,
-              "**Total: ~79 GB**", 79, "its rows sum to 79; the formula's: 32.60 + 40 + 40 + 2 = 114.60 GiB"))
-    for key, what, wl, wq, wp, wwhy, kq, kp, kwhy, tq, tp, twhy in plans:
-        inputs, b = e2 + what, (lambda wl=wl: b70e2(**wl))
-        add(f"s6-ex2-{key}-weights", f"§6 Example 2 ({what}), weights", inputs, "model weights", wq, wp, 0,
-            lambda b=b: b().weights_bytes, wwhy)
-        add(f"s6-ex2-{key}-kv", f"§6 Example 2 ({what}), KV cache", inputs, "KV cache", kq, kp, 0,
-            lambda b=b: b().kv_cache_bytes, kwhy)
-        add(f"s6-ex2-{key}-act", f"§6 Example 2 ({what}), activations", inputs, "activation memory",
-            "- Activation Memory: ~10 GB", 10, 0, lambda b=b: b().activation_bytes, act)
-        add(f"s6-ex2-{key}-overhead", f"§6 Example 2 ({what}), overhead", inputs, "overhead", "- Overhead: 2 GB", 2, 0,
-            lambda b=b: b().overhead_bytes)
-        add(f"s6-ex2-{key}-total", f"§6 Example 2 ({what}), total", inputs, "total", tq, tp, 0,
-            lambda b=b: b().total_bytes, twhy)
 
-    # §6 Example 3: Llama 3 8B, 1M tokens, then with an INT8 KV cache
-    eight_b_1m("s6-ex3", "§6 Example 3", "- Model Weights (Q4_K_M): 3.5 GB", "- KV Cache (FP16): 128 GB",
-               "- Activation Memory: 64 GB", "- Overhead: 2 GB", "**Total: 197.5 GB**")
-    add("s6-ex3-kv-int8", "§6 Example 3, INT8 KV cache", e3i, "KV cache", "- KV Cache (INT8): 64 GB", 64, 0,
-        lambda: b8i().kv_cache_bytes, "2 x 1,000,000 x 4,096 x 32 x 1 = 262,144,000,000 bytes = 244.14 GiB")
-    add("s6-ex3-total-int8", "§6 Example 3, new total with INT8 KV", e3i, "total", "**New Total: 133.5 GB**", 133.5, 1,
-        lambda: b8i().total_bytes, "3.73 + 244.14 + 244.14 + 2 = 494.01 GiB by the formula")
-    add("s6-ex3-reduction", "§6 Example 3, reduction from INT8 KV", e3i, "reduction of the total", "(33% reduction)",
-        33, 0, lambda: 100 * (1 - b8i().total_bytes / b8().total_bytes),
-        "note: the formula gives 33.07%; the sheet's own totals give 32.4%", "%")
+def _scenario004(name: str):
+    _, args, kwargs = _SCENARIOS004[name]
+    return _b004(*args, **kwargs)
 
+
+def _seed004_totals() -> list[SeedExample]:
+    rows = []
+    for key, label, scenario, part, quote, printed, digits, why in _TOTALS004:
+        quantity, field = _COMPONENTS004[part]
+        rows.append(_row004(key, label, _SCENARIOS004[scenario][0], quantity, quote, printed, digits,
+                            lambda scenario=scenario, field=field: getattr(_scenario004(scenario), field), why))
+    rows.append(_row004(  # the one row that relates two scenarios
+        "s6-ex3-reduction", "§6 Example 3, reduction from INT8 KV", _SCENARIOS004["8b-1m-int8kv"][0],
+        "reduction of the total", "(33% reduction)", 33, 0,
+        lambda: 100 * (1 - _scenario004("8b-1m-int8kv").total_bytes / _scenario004("8b-1m").total_bytes),
+        "note: the formula gives 33.07%; the sheet's own totals give 32.4%", "%"))
     return rows
 
 
 EXAMPLES: tuple[SeedExample, ...] = (*_seed000(), *_seed001(), *_seed002(), *_seed003(), *_seed004_weights(),
                                      *_seed004_kv_act(), *_seed004_totals())
-
-
-def by_key(key: str) -> SeedExample:
-    return next(e for e in EXAMPLES if e.key == key)

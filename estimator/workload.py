@@ -32,7 +32,6 @@ _WEIGHT_ALIASES = {"none": "none", "": "none", "int8": "int8", "llm.int8": "int8
                    "8bit": "int8", "nf4": "nf4", "bnb-nf4": "nf4", "4bit": "nf4", "fp4": "fp4",
                    "bnb-fp4": "fp4", "int4": "nf4"}
 
-ATTENTION = ("eager", "sdpa", "flash")
 PHASES = ("prefill", "generate")
 CACHES = ("dynamic", "static")
 

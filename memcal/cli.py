@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = _Parser(prog="memcal", description="Will this model fit, and how wrong is every formula?")
-    parser.add_argument("--version", action="version", version="memcal 0.1.0")
+    from harness import memcal_version  # the harness's top package is light: no torch
+    parser.add_argument("--version", action="version", version=f"memcal {memcal_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
     for verb, help_text in VERBS.items():

@@ -9,8 +9,7 @@ import pytest
 
 from estimator import estimate
 from estimator.breakdown import Breakdown
-from estimator.calibration import (CALIBRATION_SCHEMA_VERSION, Calibration, Factors, apply_factors,
-                                   load_calibration)
+from estimator.calibration import CALIBRATION_SCHEMA_VERSION, Calibration, Factors, apply_factors, load_calibration
 from estimator.errors import MemcalError
 from memcal.cli import main
 
@@ -19,7 +18,8 @@ MODEL = "meta-llama/Llama-3.1-8B"
 
 def profile(**formulas) -> Calibration:
     return Calibration(name="test", formulas={k: Factors(**v) for k, v in formulas.items()},
-                       data={"points": 3, "fingerprint": "abc", "sources": [{"device": "cpu", "device_name": "x86_64"}]})
+                       data={"points": 3, "fingerprint": "abc",
+                             "sources": [{"device": "cpu", "device_name": "x86_64"}]})
 
 
 def test_factors_validate_themselves():

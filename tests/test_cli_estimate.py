@@ -30,7 +30,8 @@ def test_json_has_every_formula_with_byte_fields(capsys):
         assert row["total_bytes"] == sum(parts)
     # memcal's KV is exact for GQA: 2 * 32 layers * b2 * 1024 * 8 kv heads * 128 * 2 bytes
     assert out["formulas"]["memcal"]["kv_cache_bytes"] == 2 * 32 * 2 * 1024 * 8 * 128 * 2
-    assert out["formulas"]["memcal"]["weights_bytes"] == 8_030_261_248 * 2 + 512  # + rotary inv_freq, original_inv_freq: 2 x 64 fp32
+    # + the rotary buffers inv_freq and original_inv_freq: 2 x 64 fp32
+    assert out["formulas"]["memcal"]["weights_bytes"] == 8_030_261_248 * 2 + 512
 
 
 def test_params_override_reaches_seed_formulas_only(capsys):

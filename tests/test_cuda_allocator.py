@@ -6,8 +6,15 @@ after the torch.accelerator memory API), each named after the test it reproduces
 """
 import pytest
 
-from estimator.cuda import Allocator, AllocatorOptions, OutOfMemory, allocation_size, format_size, parse_alloc_conf
-from estimator.cuda import round_size
+from estimator.cuda import (
+    Allocator,
+    AllocatorOptions,
+    OutOfMemory,
+    allocation_size,
+    format_size,
+    parse_alloc_conf,
+    round_size,
+)
 from estimator.errors import MemcalError
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
@@ -323,7 +330,8 @@ def test_torch_memory_stats_generator_sequence():
     0-element tensor changes nothing, and freeing everything returns to the start (m1, m0)."""
     a = Allocator()
     m0 = a.allocated_bytes
-    alloc = lambda *shape: a.malloc(4 * _numel(shape))  # torch.cuda.FloatTensor(*size)
+    def alloc(*shape):  # torch.cuda.FloatTensor(*size)
+        return a.malloc(4 * _numel(shape))
     tensors1 = [alloc(1), alloc(10, 20), alloc(200, 300, 2000)]
     m1 = a.allocated_bytes
     assert m1 > m0

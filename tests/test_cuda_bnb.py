@@ -2,8 +2,14 @@
 bitsandbytes' CUDA code path (backends/cuda/ops.py, autograd/_functions.py, nn/modules.py)."""
 import pytest
 
-from estimator.cuda.bnb import (int8_load_phases, linear4bit_phases, linear8bit_phases, nf4_load_phases, peak_bytes,
-                                peak_phase)
+from estimator.cuda.bnb import (
+    int8_load_phases,
+    linear4bit_phases,
+    linear8bit_phases,
+    nf4_load_phases,
+    peak_bytes,
+    peak_phase,
+)
 from estimator.cuda.bnb_dispatch import uses_fused_kernel
 from estimator.errors import MemcalError
 

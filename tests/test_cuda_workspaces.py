@@ -4,8 +4,12 @@ import pytest
 
 from estimator.cuda import Allocator
 from estimator.cuda.gpus import get_gpu
-from estimator.cuda.workspaces import (compute_capability, cublas_workspace_bytes, cublaslt_workspace_bytes,
-                                       workspace_allocations)
+from estimator.cuda.workspaces import (
+    compute_capability,
+    cublas_workspace_bytes,
+    cublaslt_workspace_bytes,
+    workspace_allocations,
+)
 from estimator.errors import MemcalError
 
 KiB, MiB = 2**10, 2**20

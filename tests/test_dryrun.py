@@ -8,9 +8,8 @@ import pytest
 
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.build import build_model
-from harness.measure import measure, run_point
-from harness_helpers import DENSE, quiet, tiny
+from harness.measure import build_model, measure, run_point
+from tests.harness_helpers import DENSE, quiet, tiny
 
 quiet()
 
@@ -25,7 +24,8 @@ def _pair(config, dtype, attention, workloads, cache="dynamic"):
         r = run_point(real, wl, keep_trace=True, tracker_out=traces[0])
         f = run_point(fake, wl, keep_trace=True, tracker_out=traces[1])
         assert r.ok and f.ok, (r.message, f.message)
-        yield wl, r, f, [(e.op, e.delta_bytes) for e in traces[0][0].trace], [(e.op, e.delta_bytes) for e in traces[1][0].trace]
+        real_trace, fake_trace = ([(e.op, e.delta_bytes) for e in t[0].trace] for t in traces)
+        yield wl, r, f, real_trace, fake_trace
 
 
 def _workloads(dtype, attention, cache="dynamic"):
@@ -38,6 +38,7 @@ CASES += [("mixtral", "bf16", "eager"), ("mixtral", "bf16", "sdpa"), ("mixtral",
           ("gemma2", "fp32", "eager"), ("gemma2", "bf16", "eager")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,dtype,attention", CASES)
 def test_dry_run_equals_real_cpu(family, dtype, attention):
     for wl, real, fake, real_trace, fake_trace in _pair(tiny(family), dtype, attention, _workloads(dtype, attention)):
@@ -46,6 +47,7 @@ def test_dry_run_equals_real_cpu(family, dtype, attention):
         assert fake_trace == real_trace  # every allocation and free, in order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "mistral", "gpt2"])
 def test_dry_run_static_cache_and_sliding_window(family):
     config = tiny(family, sliding_window=4) if family == "mistral" else tiny(family)
@@ -55,6 +57,7 @@ def test_dry_run_static_cache_and_sliding_window(family):
         assert fake_trace == real_trace
 
 
+@pytest.mark.slow
 def test_dry_run_decode_dominated_peak():
     # One prompt token, many new ones: the peak is in the decode loop (cache growth), not the prefill.
     wls = [Workload(batch=4, prompt_len=1, new_tokens=16, dtype="fp32", attention="eager")]
@@ -67,7 +70,7 @@ def test_dry_run_decode_dominated_peak():
 
 def test_moe_dry_run_equals_real_cpu_where_grouped_mm_rejects_the_strides():
     # hidden 36 and expert width 20 in bf16: rows of 72 and 40 bytes, which torch's CPU grouped_mm
-    # refuses; both runs take transformers' fallback op (harness/experts.py)
+    # refuses; both runs take transformers' fallback op (harness/measure/_experts.py)
     config = tiny("mixtral", hidden_size=36, intermediate_size=20, num_attention_heads=2, num_key_value_heads=1)
     for wl, real, fake, real_trace, fake_trace in _pair(config, "bf16", "eager", _workloads("bf16", "eager")):
         assert fake.peak_tensor_bytes == real.peak_tensor_bytes, wl.describe()
@@ -79,6 +82,7 @@ LLAMA3_70B = dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
                   rope_theta=500000.0, tie_word_embeddings=False, _name_or_path="llama-3-70b-shape")
 
 
+@pytest.mark.slow
 def test_llama3_70b_dry_run_in_seconds():
     spec = load_spec(LLAMA3_70B)
     wl = Workload(batch=16, prompt_len=8192, dtype="bf16", attention="sdpa")

@@ -8,9 +8,8 @@ import pytest
 
 from estimator.catalogue import entries
 from estimator.spec import load_spec
-from harness.experiment import ExperimentError, load_experiment
-from harness.sweep import shard_groups
-from sweep_helpers import write_experiment
+from harness.sweep import ExperimentError, load_experiment, shard_groups
+from tests.sweep_helpers import write_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -99,7 +98,8 @@ def test_point_ids_and_fingerprint_are_stable_and_sensitive(tmp_path):
 def test_point_id_is_pinned():
     """Changing how point ids are made orphans every results file: this pin says so loudly."""
     from estimator.workload import Workload
-    from harness.experiment import _point, canonical_hash
+    from harness.sweep import canonical_hash
+    from harness.sweep._experiment import _point
     spec = load_spec("gpt2")
     config = dict(spec.config)
     p = _point(spec.name, config, canonical_hash(config), spec.family, "dry-run", Workload(batch=1, prompt_len=512), 0)

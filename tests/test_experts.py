@@ -1,4 +1,4 @@
-"""MoE experts on the CPU (harness/experts.py): the dry run's grouped_mm answers as torch's CPU kernel
+"""MoE experts on the CPU (harness/measure/_experts.py): the dry run's grouped_mm answers as torch's CPU kernel
 does, to the output's strides and storage, and transformers' experts take their fallback exactly where
 that kernel would raise."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import itertools
 import pytest
 
 torch = pytest.importorskip("torch")
-from harness.experts import cpu_kernel_accepts, install  # noqa: E402
-from harness.fakemode import DryRunMode  # noqa: E402
+from harness.measure import DryRunMode  # noqa: E402
+from harness.measure._experts import cpu_kernel_accepts, install  # noqa: E402
 
 
 def _describe(t: torch.Tensor) -> tuple:
@@ -65,8 +65,7 @@ def test_moe_dry_run_equals_real_cpu_in_fp32(family):
     """A random config of every MoE family (any widths), fp32: every allocation and free as on the CPU."""
     from estimator.spec import spec_from_dict
     from estimator.workload import Workload
-    from harness.build import build_model
-    from harness.measure import run_point
+    from harness.measure import build_model, run_point
     from tests.family_cases import random_configs
     spec = spec_from_dict(random_configs(family, 1, seed="experts")[0])
     first = Workload(batch=2, prompt_len=6, dtype="fp32", attention="eager")
@@ -77,4 +76,5 @@ def test_moe_dry_run_equals_real_cpu_in_fp32(family):
         r, f = (run_point(b, wl, keep_trace=True, tracker_out=t) for b, t in zip((real, fake), traces))
         assert r.ok and f.ok, (r.message, f.message)
         assert (f.peak_tensor_bytes, f.kv_cache_bytes) == (r.peak_tensor_bytes, r.kv_cache_bytes)
-        assert [(e.op, e.delta_bytes) for e in traces[1][0].trace] == [(e.op, e.delta_bytes) for e in traces[0][0].trace]
+        real_trace, fake_trace = ([(e.op, e.delta_bytes) for e in t[0].trace] for t in traces)
+        assert fake_trace == real_trace

@@ -1,4 +1,4 @@
-"""harness.fakemode.DryRunMode: the same cache keys as FakeTensorMode, the same counts as a tracker
+"""harness.measure.DryRunMode: the same cache keys as FakeTensorMode, the same counts as a tracker
 stacked on top of a stock FakeTensorMode, and the memory cap working from inside the mode."""
 from __future__ import annotations
 
@@ -9,15 +9,11 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import harness.fakemode as fakemode
+import harness.measure._fakemode as fakemode
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.build import build_model
-from harness.fakemode import DryRunMode
-from harness.measure import run_point
-from harness.probes import DryRunProbe
-from harness.tracker import StorageTracker
-from harness_helpers import quiet, tiny
+from harness.measure import DryRunMode, DryRunProbe, StorageTracker, build_model, run_point
+from tests.harness_helpers import quiet, tiny
 
 quiet()
 
@@ -53,6 +49,7 @@ def _workloads(dtype):
 
 @pytest.mark.parametrize("family,dtype", [("llama", "fp32"), ("gpt2", "fp32"), ("phi3", "bf16"),
                                           ("gemma2", "bf16"), ("mixtral", "bf16")])
+@pytest.mark.slow
 def test_fast_cache_key_equals_stock_key_over_whole_traces(family, dtype, monkeypatch):
     assert fakemode.FAST_KEY_SUPPORTED  # torch 2.13's TensorMetadata, as pinned in constraints/cpu.txt
     monkeypatch.setattr(fakemode, "DryRunMode", _KeyCheckingMode)
@@ -79,6 +76,7 @@ def _traces(mode_class, family, wl, monkeypatch):
     return record, [(e.op, e.delta_bytes, e.live_bytes) for e in out[0].trace]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
 @pytest.mark.parametrize("phase", ["prefill", "generate"])
 def test_tracker_inside_the_mode_counts_what_a_tracker_on_top_counts(family, phase, monkeypatch):

@@ -12,10 +12,9 @@ from estimator.errors import MemcalError
 from estimator.formulas import Options, get
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.compare import load_dataset
-from harness.experiment import canonical_hash
-from harness.fit import FitSettings, fit, fit_dataset, holdout_split, kfold_folds, robust_line
-from harness.results import ResultsWriter
+from harness.analysis import FitSettings, fit, fit_dataset, holdout_split, kfold_folds, load_dataset
+from harness.analysis._fit import robust_line
+from harness.sweep import ResultsWriter, canonical_hash
 from memcal.cli import main
 
 MODELS = ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "openai-community/gpt2")
@@ -99,6 +98,7 @@ def test_overhead_at_the_allocator_level_is_recovered(tmp_path):
         fit([path], formulas=["memcal"], settings=FitSettings(target="device"))
 
 
+@pytest.mark.slow
 def test_a_named_memcal_coefficient_is_recovered(tmp_path):
     from estimator.formulas import memcal
     # Llama 3's 128k vocabulary: generate peaks while processing the last position's logits, whose
@@ -182,8 +182,9 @@ def test_fitting_needs_points(tmp_path):
 
 def test_every_fittable_coefficient_is_documented():
     from pathlib import Path
+
     from estimator.formulas.memcal import Coefficients
-    from harness.fit import NOT_COEFFICIENTS
+    from harness.analysis._fit import NOT_COEFFICIENTS
     doc = (Path(__file__).parent.parent / "docs" / "calibration.md").read_text()
     missing = [n for n in Coefficients.__dataclass_fields__ if n not in NOT_COEFFICIENTS and f"| `{n}` |" not in doc]
     assert not missing, f"document what these coefficients count in docs/calibration.md: {missing}"

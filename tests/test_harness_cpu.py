@@ -10,12 +10,9 @@ import torch
 from estimator.errors import MemcalError
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.build import build_model
-from harness.measure import measure, run_point
-from harness.phases import make_inputs, run_phase
-from harness.record import Measurement
-from harness.tracker import StorageTracker
-from harness_helpers import TINY, quiet, tiny
+from harness import Measurement
+from harness.measure import StorageTracker, build_model, make_inputs, measure, run_phase, run_point
+from tests.harness_helpers import TINY, quiet, tiny
 
 quiet()
 FP32_PREFILL = Workload(batch=2, prompt_len=8, dtype="fp32", attention="sdpa")
@@ -152,8 +149,7 @@ def test_static_cache_is_sized_per_point_not_by_an_earlier_larger_call():
     """transformers remembers the largest static cache a model's generate made; points must not inherit it."""
     from estimator.formulas import memcal
     from estimator.spec import load_spec
-    from harness.build import build_model
-    from harness.measure import run_point
+    from harness.measure import build_model, run_point
     config = tiny("llama")
     big = Workload(batch=2, prompt_len=40, new_tokens=8, dtype="fp32", cache="static")
     small = big.with_(prompt_len=8, new_tokens=4)

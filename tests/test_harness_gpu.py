@@ -7,10 +7,8 @@ import torch
 
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.build import build_model
-from harness.measure import measure, run_point
-from harness.probes import CudaProbe, MpsProbe
-from harness_helpers import quiet, tiny
+from harness.measure import CudaProbe, MpsProbe, build_model, measure, run_point
+from tests.harness_helpers import quiet, tiny
 
 quiet()
 HAS_CUDA = torch.cuda.is_available()

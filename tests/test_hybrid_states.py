@@ -12,9 +12,7 @@ from estimator.spec import load_spec
 from tests.harness_helpers import quiet
 
 torch = pytest.importorskip("torch")
-from harness.build import build_model  # noqa: E402
-from harness.measure import run_point  # noqa: E402
-from harness.phases import cache_bytes  # noqa: E402
+from harness.measure import build_model, cache_bytes, run_point  # noqa: E402
 
 quiet()
 # Sizes that keep torch's CPU grouped_mm kernel happy (bf16 rows of 16-byte multiples), so the real
@@ -60,4 +58,5 @@ def test_hybrid_dry_run_equals_real_cpu(family):
         assert r.ok and f.ok, (r.message, f.message)
         assert r.peak_tensor_bytes == f.peak_tensor_bytes, wl.describe()
         assert r.kv_cache_bytes == f.kv_cache_bytes == memcal.kv_cache_bytes(spec, wl), wl.describe()
-        assert [(e.op, e.delta_bytes) for e in traces[0][0].trace] == [(e.op, e.delta_bytes) for e in traces[1][0].trace]
+        real_trace, fake_trace = ([(e.op, e.delta_bytes) for e in t[0].trace] for t in traces)
+        assert real_trace == fake_trace

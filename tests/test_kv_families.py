@@ -17,8 +17,7 @@ from tests.family_cases import random_configs
 from tests.harness_helpers import quiet
 
 pytest.importorskip("torch")
-from harness.build import build_model  # noqa: E402
-from harness.measure import run_point  # noqa: E402
+from harness.measure import build_model, run_point  # noqa: E402
 
 quiet()
 CONFIGS = 4

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from harness_helpers import quiet, tiny
 from memcal.cli import main
+from tests.harness_helpers import quiet, tiny
 
 quiet()
 
@@ -73,7 +73,9 @@ def test_real_weights_folder(tmp_path, capsys):
     cfg = dict(tiny("llama"))
     cfg.pop("_name_or_path")
     model_type = cfg.pop("model_type")
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), dtype=torch.float32).save_pretrained(tmp_path)
-    rc = main(["measure", str(tmp_path), "--load-weights", "--device", "cpu", "--seq", "8", "--dtype", "fp32", "--json"])
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), dtype=torch.float32)
+    model.save_pretrained(tmp_path)
+    rc = main(["measure", str(tmp_path), "--load-weights", "--device", "cpu", "--seq", "8", "--dtype", "fp32",
+               "--json"])
     data = json.loads(capsys.readouterr().out)
     assert rc == 0 and data["status"] == "ok" and data["weights_bytes"] > 0

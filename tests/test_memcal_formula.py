@@ -28,7 +28,8 @@ def test_plain_weights_are_parameters_times_dtype():
 
 def test_int8_weights_add_fp32_row_scales():
     # int8 weights + 4 bytes per output row (64+32+32+64+128+128+64 = 512 rows a layer), rest in fp16
-    assert memcal.weight_bytes(spec(), Workload(dtype="fp16", weights="int8")) == 13_120 * 2 + 73_728 + 4 * 1024 + BUFFERS
+    int8 = Workload(dtype="fp16", weights="int8")
+    assert memcal.weight_bytes(spec(), int8) == 13_120 * 2 + 73_728 + 4 * 1024 + BUFFERS
 
 
 def test_nf4_weights_pack_two_per_byte_plus_absmax_per_64():

@@ -6,15 +6,33 @@ of the forward sets it (MLP, eager attention, logits).
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from estimator import Workload
 from estimator.formulas import memcal
 from estimator.spec import load_spec
-from harness.measure import measure
+from harness.measure import build_model, measure, run_point
 from tests.harness_helpers import quiet, tiny
 
 quiet()
+
+
+@pytest.fixture(scope="module")
+def dry_run():
+    """`dry_run(config, workload)`: the workload's record on the dry run, each model built once per module
+    for what building fixes (config, dtype, weights, attention), as a sweep's worker does for a group."""
+    built = {}
+
+    def run(config: dict, workload: Workload):
+        key = (json.dumps(config, sort_keys=True), workload.dtype, workload.weights, workload.double_quant,
+               workload.attention)
+        if key not in built:
+            built[key] = build_model(load_spec(config), workload, "dry-run")
+        return run_point(built[key], workload)
+    yield run
+    built.clear()
 LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=2,
              num_attention_heads=8, num_key_value_heads=2, vocab_size=1000, max_position_embeddings=4096)
 
@@ -39,19 +57,21 @@ def test_llama_prefill_peak_is_exact(dtype, attention, seq, vocab, where):
     assert b.total_bytes == m.peak_tensor_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "phi3", "gemma", "gemma2", "mixtral"])
 @pytest.mark.parametrize("phase", ["prefill", "generate"])
-def test_weights_and_kv_are_exact_for_every_family(family, phase):
+def test_weights_and_kv_are_exact_for_every_family(family, phase, dry_run):
     config = tiny(family)
     w = Workload(batch=2, prompt_len=24, new_tokens=5 if phase == "generate" else 0, dtype="bf16",
                  attention="eager")
-    m = measure(config, w, device="dry-run")
+    m = dry_run(config, w)
     assert m.status == "ok", m.message
     spec = load_spec(config)
     assert memcal.weight_bytes(spec, w) == m.weights_bytes
     assert memcal.kv_cache_bytes(spec, w) == m.kv_cache_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights, double_quant", [("int8", False), ("nf4", False), ("nf4", True), ("fp4", False)])
 def test_quantized_weights_are_exact(weights, double_quant):
     config = tiny("llama")
@@ -72,6 +92,7 @@ def _has_avx512_bf16() -> bool:
     return bool(has_avx512bf16())
 
 
+@pytest.mark.slow
 def test_static_and_sliding_caches_are_exact():
     config = tiny("mistral", sliding_window=8)
     for w in (Workload(batch=2, prompt_len=20, dtype="fp32"),
@@ -103,18 +124,20 @@ def _config(family: str, **overrides) -> dict:
     (32000, 2, 32, 12, "dynamic"),  # generate: the last decode step and its logits processing
     (32000, 1, 48, 3, "static"),
 ])
-def test_total_peak_matches_the_dry_run(family, attention, dtype, vocab, batch, seq, new, cache):
+@pytest.mark.slow
+def test_total_peak_matches_the_dry_run(family, attention, dtype, vocab, batch, seq, new, cache, dry_run):
     """The whole formula against the tracker, to within generate's 1-byte flag, for every family."""
     if family == "gemma2" and attention == "sdpa":
         pytest.skip("transformers 5.23's Gemma 2 has no SDPA attention")
     config = _config(family, vocab_size=vocab)
     w = Workload(batch=batch, prompt_len=seq, new_tokens=new, dtype=dtype, attention=attention, cache=cache)
-    m = measure(config, w, device="dry-run")
+    m = dry_run(config, w)
     assert m.status == "ok", m.message
     predicted = memcal.estimate(load_spec(config), w).total_bytes
     assert 0 <= predicted - m.peak_tensor_bytes <= 1, (predicted, m.peak_tensor_bytes, m.peak_op)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt, new", [(28, 8), (40, 4), (16, 4)])
 def test_phi3_generate_recomputes_its_cache_past_the_original_context(prompt, new):
     """Phi-3's generate drops its cache and re-runs the whole sequence the first time the input passes
@@ -129,14 +152,15 @@ def test_phi3_generate_recomputes_its_cache_past_the_original_context(prompt, ne
     assert 0 <= b.total_bytes - m.peak_tensor_bytes <= 64, (b.total_bytes, m.peak_tensor_bytes, m.peak_op)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, kv_heads", [("mistral", 2), ("mistral", 4), ("phi3", 4)])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_sdpa_past_a_sliding_window(family, kv_heads, batch):
+def test_sdpa_past_a_sliding_window(family, kv_heads, batch, dry_run):
     """Past the window SDPA gets explicit masks: a boolean one, and per layer a float one over the batch."""
     config = tiny(family, sliding_window=16, num_key_value_heads=kv_heads, vocab_size=300,
                   max_position_embeddings=2048)
     w = Workload(batch=batch, prompt_len=1024, dtype="bf16", attention="sdpa")
-    m = measure(config, w, device="dry-run")
+    m = dry_run(config, w)
     assert m.status == "ok", m.message
     b = memcal.estimate(load_spec(config), w)
     assert b.notes[0] == "peak set by: attention" and "scaled_dot_product" in m.peak_op

@@ -10,13 +10,14 @@ import pytest
 from estimator import estimate
 from estimator.calibration import Calibration, Factors
 from estimator.errors import MemcalError
-from harness.plan import plan, verify
+from harness.analysis import plan, verify
 from memcal.cli import main
 
 TINY = str(Path(__file__).parent / "data" / "configs" / "tiny-llama.json")
 MEMORY = 3_500_000  # bytes: the tiny Llama's weights are 2,099,840
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [dict(seq=128), dict(batch=2), dict(batch=1, new_tokens=4)])
 def test_the_plan_is_confirmed_by_the_capped_dry_run(kwargs):
     p = plan(TINY, MEMORY, dtype="fp32", **kwargs)

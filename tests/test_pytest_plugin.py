@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-import harness.pytest_plugin as plugin
+import harness.gate.pytest_plugin as plugin
 
 pytest_plugins = ["pytester"]
 
@@ -65,8 +65,11 @@ def test_over_budget(memcal_peak):
 
 def run(pytester, *args: str):
     """An in-process inner session. Hypothesis's plugin is left out: each inner run would import
-    hypothesis afresh (pytester drops the modules a run imported), a second or more every time."""
-    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest", *args)
+    hypothesis afresh (pytester drops the modules a run imported), a second or more every time. The
+    inner session is no xdist worker, even when this one is: pytest-benchmark turns itself off in one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("PYTEST_XDIST_WORKER", raising=False)
+        return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest", *args)
 
 
 def device(monkeypatch, *present: str) -> None:
@@ -81,7 +84,7 @@ def test_the_plugin_is_registered_through_the_pytest11_entry_point(pytestconfig)
     # every memcal distribution pytest can see (a stale memcal.egg-info in the checkout may come first)
     points = {ep.value for dist in importlib.metadata.distributions() if dist.metadata["Name"] == "memcal"
               for ep in dist.entry_points if ep.group == "pytest11" and ep.name == "memcal"}
-    assert points == {"harness.pytest_plugin"}
+    assert points == {"harness.gate.pytest_plugin"}
     assert pytestconfig.pluginmanager.get_plugin("memcal") is plugin
 
 

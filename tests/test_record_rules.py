@@ -12,8 +12,7 @@ from estimator.spec import spec_from_dict
 from tests.harness_helpers import quiet
 
 torch = pytest.importorskip("torch")
-from harness.build import build_model, unsupported_reason  # noqa: E402
-from harness.measure import run_point  # noqa: E402
+from harness.measure import build_model, run_point, unsupported_reason  # noqa: E402
 
 quiet()
 _FALCON = dict(model_type="falcon", hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=64,

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.regress import Thresholds, compare, heldout_bound, point_label
-from harness.regress_format import junit_xml, markdown, verdict_line
-from harness.results import ResultsFile, ResultsWriter, read_results
+from harness import point_label
+from harness.gate import Thresholds, compare, heldout_bound, junit_xml, markdown, verdict_line
+from harness.sweep import ResultsFile, ResultsWriter, read_results
 from memcal.cli import main
 from memcal.commands.regress import parse_tolerance
 from memcal.commands.sweep import sweep
-from sweep_helpers import write_experiment
+from tests.sweep_helpers import write_experiment
 
 PLANTED_BYTES = 16384 * 4
 EXACT = ["--tolerance", "0", "--abs", "0"]
@@ -49,13 +49,11 @@ def measure_in_process(exp: Path, baseline: Path, out: Path, plant: str | None =
     import torch
 
     from estimator.spec import spec_from_dict
-    from harness import env
-    from harness.build import build_model
-    from harness.experiment import load_experiment
-    from harness.measure import run_point
+    from harness.measure import build_model, capture, run_point
+    from harness.sweep import load_experiment
 
     header = {k: v for k, v in read_results(baseline).header.items() if k != "type"}
-    header["env"] = env.capture("cpu")
+    header["env"] = capture("cpu")
     with ResultsWriter.create(out, header) as writer:
         for points in load_experiment(exp).groups().values():
             first = points[0]
@@ -75,6 +73,7 @@ def measure_in_process(exp: Path, baseline: Path, out: Path, plant: str | None =
     return out
 
 
+@pytest.mark.slow
 def test_a_planted_regression_is_caught_with_the_right_point_named(experiment, tmp_path, capsys):
     exp, baseline = experiment
     current = measure_in_process(exp, baseline, tmp_path / "planted.jsonl", plant="tiny-b")
@@ -94,6 +93,7 @@ def test_a_planted_regression_is_caught_with_the_right_point_named(experiment, t
     assert "(within threshold)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_clean_rerun_passes(experiment, tmp_path, capsys):
     exp, baseline = experiment
     out = tmp_path / "current.jsonl"
@@ -112,6 +112,7 @@ def test_a_clean_rerun_passes(experiment, tmp_path, capsys):
     assert "not comparable" in capsys.readouterr().err and not (tmp_path / "never.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_another_environment_is_not_comparable_unless_allowed(experiment, tmp_path, capsys):
     _, baseline = experiment
     head, *rest = baseline.read_text().splitlines(keepends=True)
@@ -142,6 +143,7 @@ def profile(bound: float, formula: str = "memcal") -> dict:
             "errors": {formula: {"holdout": {"calibrated": stats}, "in_sample": stats, "kfold": {"calibrated": stats}}}}
 
 
+@pytest.mark.slow
 def test_a_formula_past_its_profiles_bound_fails_the_gate(experiment, tmp_path, capsys):
     _, baseline = experiment
     tight, loose = tmp_path / "tight.json", tmp_path / "loose.json"
@@ -157,8 +159,9 @@ def test_a_formula_past_its_profiles_bound_fails_the_gate(experiment, tmp_path, 
     assert "1 of 2 calibrated formulas past their profile's bound" in out
 
 
+@pytest.mark.slow
 def test_a_profile_fitted_on_the_baseline_passes_on_the_same_data(experiment, tmp_path, capsys):
-    from harness.fit import fit
+    from harness.analysis import fit
     _, baseline = experiment
     fitted = tmp_path / "fitted.json"
     fit([baseline], out=fitted, formulas=["memcal", "per-token"])
@@ -261,7 +264,7 @@ Gate: growth by more than 2% and more than 0 B fails in peak_tensor_bytes; an ok
 0 of 2 points unchanged.
 
 **memcal regress: FAIL (2 of 2 points regressed)**
-"""
+"""  # noqa: E501  (the report's own table rows)
     assert verdict_line(result) == "memcal regress: FAIL (2 of 2 points regressed)"
     suite = ET.fromstring(junit_xml(result).split("?>", 1)[1])
     assert (suite.get("tests"), suite.get("failures")) == ("2", "2")

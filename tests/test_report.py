@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from estimator.errors import MemcalError
-from harness.fit import fit
-from harness.report import build_report, markdown, report
+from harness.analysis import build_report, fit, markdown, report
 from memcal.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -25,6 +24,7 @@ EXPECTED = DATA / "report-fixture.expected.md"
 SEEDS = ["per-token", "bit-width", "gqa-flash-notebook", "gguf-cheat-sheet"]
 
 
+@pytest.mark.slow
 def test_report_matches_the_checked_in_text(tmp_path):
     paths = report([FIXTURE], out=tmp_path / "fixture", formulas=SEEDS, name="report-fixture")
     text = paths["markdown"].read_text()
@@ -47,6 +47,7 @@ def test_report_counts_only_ok_points_and_lists_the_rest():
     assert re.search(r"\| oom \| 4 \| OutOfMemoryError: memcal memory cap: N live tensor bytes", text)
 
 
+@pytest.mark.slow
 def test_report_with_memcal_and_a_profile(tmp_path, capsys):
     profile = tmp_path / "fixture.json"
     fit([FIXTURE], out=profile)

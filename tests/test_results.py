@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from estimator.errors import MemcalError
-from harness.results import (RESULTS_SCHEMA_VERSION, ResultsWriter, load_results, merge_results, read_results,
-                             repair_tail)
+from harness.sweep import RESULTS_SCHEMA_VERSION, ResultsWriter, load_results, merge_results, read_results, repair_tail
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ENV = {"device": "dry-run", "device_name": "x86_64", "device_total_bytes": 8 << 30, "torch": "2.13.0+cpu",

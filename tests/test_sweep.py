@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from estimator.errors import MemcalError
-from harness.experiment import load_experiment
-from harness.results import load_results, read_results
+from harness.sweep import load_experiment, load_results, read_results
 from memcal.cli import main
 from memcal.commands.sweep import sweep
-from sweep_helpers import lines, write_experiment
+from tests.sweep_helpers import lines, write_experiment
 
 
 def statuses(path: Path) -> dict[tuple, str]:
@@ -69,6 +68,7 @@ def test_oom_under_the_cpu_memory_cap_skips_larger_points_of_its_group_only(tmp_
     assert sweep(str(exp), out=str(out), progress=False).written == 0
 
 
+@pytest.mark.slow
 def test_a_dying_worker_and_a_hanging_one_are_data_and_the_sweep_goes_on(tmp_path):
     exp = write_experiment(tmp_path, experiment={"timeout_s": 3}, grids=[dict(
         models=["configs/tiny-a.json", "configs/tiny-b.json"], dtypes=["fp32"], batch_sizes=[1, 2],
@@ -92,6 +92,7 @@ def test_a_dying_worker_and_a_hanging_one_are_data_and_the_sweep_goes_on(tmp_pat
     assert len(set(pids)) == 2
 
 
+@pytest.mark.slow
 def test_shards_merged_equal_an_unsharded_run(tmp_path):
     exp = write_experiment(tmp_path, models=("tiny-a", "tiny-b", "tiny-c"))
     whole = tmp_path / "whole.jsonl"
@@ -111,6 +112,7 @@ def test_shards_merged_equal_an_unsharded_run(tmp_path):
     assert sweep(str(exp), out=str(merged), progress=False).written == 0
 
 
+@pytest.mark.slow
 def test_merging_files_of_different_experiments_fails_clearly(tmp_path, capsys):
     one = write_experiment(tmp_path / "one", models=("tiny-a",))
     two = write_experiment(tmp_path / "two", models=("tiny-b",))

@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness.experiment import load_experiment
-from sweep_helpers import write_experiment
+import pytest
+
+from harness.sweep import load_experiment
+from tests.sweep_helpers import write_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +58,7 @@ def _wait_for_lines(out: Path, at_least: int, timeout_s: float) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_measures_every_point_exactly_once(tmp_path):
     experiment = write_experiment(tmp_path, models=("tiny-a", "tiny-b", "tiny-c"), grids=[dict(
         models=["configs/tiny-a.json", "configs/tiny-b.json", "configs/tiny-c.json"], dtypes=["fp32"],

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from harness.tracker import StorageTracker, storages_bytes
+from harness.measure import StorageTracker, storages_bytes
 
 
 def test_known_sizes_peak_and_free():

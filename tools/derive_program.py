@@ -31,9 +31,7 @@ import torch  # noqa: E402
 from estimator import Workload, program  # noqa: E402
 from estimator.expr import evaluate  # noqa: E402
 from estimator.spec import spec_from_dict  # noqa: E402
-from harness.build import build_model  # noqa: E402
-from harness.measure import run_point  # noqa: E402
-from harness.tracker import StorageTracker  # noqa: E402
+from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
 
 DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int64: "i64",
                torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8", torch.int8: "i8"}
@@ -227,8 +225,8 @@ def cut(events: list[Event], forward: int, spec, compute: str) -> dict:
             if e.kind == "alloc":
                 dtype = "e" if e.dtype == DTYPE_NAMES[COMPUTE[compute]] else e.dtype
                 op = SAME_OP.get(e.op, e.op)
-                tokens.append(Token("alloc", ("+", op, dtype, len(e.shape), _suffix(e.module, spec), e.escapes), e.shape,
-                                    dtype, op, name=carried.get(n, "")))
+                key = ("+", op, dtype, len(e.shape), _suffix(e.module, spec), e.escapes)
+                tokens.append(Token("alloc", key, e.shape, dtype, op, name=carried.get(n, "")))
                 continue
             if e.ref is None or e.ref not in position:  # made before this forward (an old cache): a release
                 src = events[e.ref] if e.ref is not None else None
@@ -698,8 +696,10 @@ def _alloc_line(m: Merged, prefix: str, shape: str, counter: Counter, ids: dict,
 
 def render(program: dict, family: str) -> str:
     import subprocess
+
     import transformers
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     out = ["[program]  # derived: tools/derive_program.py " + family +
            f" (transformers {transformers.__version__}, torch {torch.__version__.split('+')[0]}, memcal {commit})"]
     for part in ("prologue", "epilogue"):

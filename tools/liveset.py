@@ -21,9 +21,7 @@ import torch  # noqa: E402
 from estimator import Workload  # noqa: E402
 from estimator.formulas import memcal  # noqa: E402
 from estimator.spec import load_spec  # noqa: E402
-from harness.build import build_model  # noqa: E402
-from harness.measure import run_point  # noqa: E402
-from harness.tracker import StorageTracker  # noqa: E402
+from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
 
 
 class LiveSet:

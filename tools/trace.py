@@ -18,9 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from estimator import Workload  # noqa: E402
 from estimator.spec import load_spec  # noqa: E402
-from harness.build import build_model  # noqa: E402
-from harness.measure import run_point  # noqa: E402
-from harness.tracker import StorageTracker  # noqa: E402
+from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
 
 
 def main() -> None:

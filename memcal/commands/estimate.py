@@ -7,8 +7,8 @@ import sys
 
 from estimator import Options, Workload, estimate
 from estimator.errors import MemcalError
-from estimator.formulas import FORMULAS
 from estimator.format import estimate_text
+from estimator.formulas import FORMULAS
 from estimator.units import parse_count
 
 
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     options = Options(parameters=_params(args.params), os=args.os, kv_cache=not args.no_kv_cache,
                       device=args.device)
     if args.interactive:
-        from memcal.commands import interactive
         from estimator.formulas import interactive_calculator
+        from memcal.commands import interactive
         spec, workload, options = interactive.ask(args, workload_from_args(args), options, sys.stdin, sys.stdout)
         print(interactive_calculator.results_text(spec, workload, options) + "\n")
     else:

@@ -25,8 +25,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.fit import FitSettings, fit
-    from harness.report import pct
+    from harness.analysis import FitSettings, fit, pct
     settings = FitSettings(method=args.method, target=args.target, holdout=args.holdout, folds=args.folds,
                            coefficients=tuple(args.coefficient or ()))
     result = fit(args.results, out=args.out, formulas=args.formula, settings=settings, name=args.name,

@@ -10,7 +10,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.results import merge_results
+    from harness.sweep import merge_results
     merged = merge_results(args.files, args.out)
     print(f"{args.out}: {len(merged.records)} points from {len(args.files)} files "
           f"(experiment {merged.header.get('experiment')}, fingerprint {merged.header.get('fingerprint')})")

@@ -19,7 +19,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="catalogue name, config.json or model folder")
     p.add_argument("--memory", required=True, metavar="SIZE", help="memory to fit in, e.g. 24GiB or 80GB")
     add_workload_arguments(p)
-    p.add_argument("--formula", default="memcal", help=f"the formula to plan with (default memcal): {', '.join(FORMULAS)}")
+    p.add_argument("--formula", default="memcal",
+                   help=f"the formula to plan with (default memcal): {', '.join(FORMULAS)}")
     p.add_argument("--calibration", default=None, metavar="FILE", help="a calibration profile (memcal fit)")
     p.add_argument("--verify", action="store_true",
                    help="check on the dry run with the memory as a cap: the point fits, the next step does not")
@@ -35,7 +36,7 @@ def _workload_fields(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.plan import plan, plan_text, verify
+    from harness.analysis import plan, plan_text, verify
     try:
         memory = parse_size(args.memory)
     except ValueError as exc:

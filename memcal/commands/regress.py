@@ -54,7 +54,7 @@ def parse_tolerance(text: str) -> float:
 def _specs(current: str) -> dict[str, Any]:
     """Model name -> ModelSpec of the current file's models (catalogue or the experiment's config files);
     empty when they cannot be found: the formula check then says its points had no prediction."""
-    from harness.compare import load_dataset
+    from harness.analysis import load_dataset
     try:
         return load_dataset([current]).specs
     except MemcalError as exc:
@@ -63,8 +63,7 @@ def _specs(current: str) -> dict[str, Any]:
 
 
 def _default_out(experiment: str) -> Path:
-    from harness.experiment import load_experiment
-    from harness.sweep import default_machine
+    from harness.sweep import default_machine, load_experiment
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Path("results") / default_machine() / "regress" / f"{load_experiment(experiment).name}-{stamp}.jsonl"
 
@@ -81,7 +80,7 @@ def measure_current(experiment: str, out: str | None, *, progress: bool = True,
 
 
 def _check_fingerprint(experiment: str, base) -> None:
-    from harness.experiment import load_experiment
+    from harness.sweep import load_experiment
     exp = load_experiment(experiment)
     if exp.fingerprint != base.header.get("fingerprint"):
         raise MemcalError(f"not comparable: {experiment} is experiment fingerprint {exp.fingerprint}, the baseline "
@@ -94,14 +93,15 @@ def regress(baseline: str, *, current: str | None = None, experiment: str | None
             calibrations: Sequence[str] = (), allow_env_change: bool = False, progress: bool = True,
             worker_env: dict[str, str] | None = None):
     """Measure (with `experiment`) or read (`current`), then compare with `baseline`: a `GateResult`."""
-    from harness.regress import Thresholds, compare, make_predict
-    from harness.results import read_results
+    from harness import BYTE_FIELDS
+    from harness.gate import Thresholds, compare, make_predict
+    from harness.sweep import read_results
     if (current is None) == (experiment is None):
         raise MemcalError("give exactly one of --current FILE or --experiment EXP")
-    from harness.record import BYTE_FIELDS
     for metric in metrics or ():
         if metric not in (*BYTE_FIELDS, "peak_bytes"):
-            raise MemcalError(f"--metric: unknown field {metric!r}: choose peak_bytes or one of {', '.join(BYTE_FIELDS)}")
+            raise MemcalError(f"--metric: unknown field {metric!r}: choose peak_bytes or one of "
+                              f"{', '.join(BYTE_FIELDS)}")
     try:
         thresholds = Thresholds(tolerance, abs_bytes)
     except ValueError as exc:
@@ -121,7 +121,7 @@ def regress(baseline: str, *, current: str | None = None, experiment: str | None
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.regress_format import junit_xml, markdown, verdict_line
+    from harness.gate import junit_xml, markdown, verdict_line
     try:
         abs_bytes = parse_size(args.abs_bytes)
     except (ValueError, TypeError) as exc:

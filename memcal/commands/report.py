@@ -18,7 +18,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.report import report
+    from harness.analysis import report
     paths = report(args.results, out=args.out, calibration=args.calibration, formulas=args.formula,
                    name=args.name, force=args.force)
     print(f"report: {paths['html']} (Markdown: {paths['markdown']})")

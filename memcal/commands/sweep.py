@@ -24,8 +24,7 @@ def sweep(experiment: str, *, device: str | None = None, shard: str | None = Non
           machine: str | None = None, isolate: bool = False, timeout: float | None = None,
           progress: bool = True, worker_env: dict | None = None):
     """Load, plan and run a sweep; returns its `SweepSummary` (tests call this directly)."""
-    from harness.experiment import load_experiment
-    from harness.sweep import default_machine, default_out, parse_shard, run_sweep
+    from harness.sweep import default_machine, default_out, load_experiment, parse_shard, run_sweep
     exp = load_experiment(experiment)
     overridden = device is not None and device != exp.device
     if device:
@@ -41,7 +40,7 @@ def sweep(experiment: str, *, device: str | None = None, shard: str | None = Non
 
 def run(args: argparse.Namespace) -> int:
     if args.check:
-        from harness.experiment import load_experiment
+        from harness.sweep import load_experiment
         exp = load_experiment(args.experiment, args.device)
         groups = exp.groups()
         print(f"{exp.path}: {exp.name}, {len(exp.points)} points in {len(groups)} groups on {exp.device}, "

@@ -1,6 +1,6 @@
-"""Before/after for a change to the storage tracker's hot path: two versions of harness/tracker.py, side by side.
+"""Before/after for a change to the storage tracker's hot path: two versions of the tracker, side by side.
 
-    git show c7a501b:harness/tracker.py > /tmp/tracker_before.py
+    git show c7a501b:harness/measure/_tracker.py > /tmp/tracker_before.py
     .venv/bin/python tests/benchmarks/compare_trackers.py /tmp/tracker_before.py --rounds 9 [--memtracker]
 
 Runs, interleaved round by round (the order reversed every other round), the bare trace, the trace
@@ -35,7 +35,7 @@ def _load(path: str, name: str):
 def _functions(built, workload, ids, trackers: dict, memtracker: bool) -> dict:
     import torch
 
-    from harness.phases import run_phase
+    from harness.measure import run_phase
 
     def context():
         return built.fake_mode if built.fake_mode is not None else contextlib.nullcontext()
@@ -95,18 +95,18 @@ def _report(title: str, times: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("before", help="the older harness/tracker.py (e.g. from git show)")
+    parser.add_argument("before", help="the older harness/measure/_tracker.py (e.g. from git show)")
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--memtracker", action="store_true", help="add PyTorch's MemTracker on the 70B trace (~11 s a round)")
+    parser.add_argument("--memtracker", action="store_true",
+                        help="add PyTorch's MemTracker on the 70B trace (~11 s a round)")
     args = parser.parse_args()
 
     import torch
 
     from estimator.spec import load_spec
     from estimator.workload import Workload
-    from harness import tracker as after
-    from harness.build import build_model
-    from harness.phases import make_inputs
+    from harness.measure import _tracker as after
+    from harness.measure import build_model, make_inputs
     trackers = {"before": _load(args.before, "tracker_before"), "after": after}
 
     wl = Workload(batch=4, prompt_len=8192, dtype="bf16")

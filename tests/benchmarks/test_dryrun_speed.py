@@ -1,6 +1,6 @@
 """The dry run of a Llama-3-70B-shaped prefill (b=4, s=8192, bf16): memcal's tracker vs PyTorch's MemTracker.
 
-memcal's dry run is `harness.fakemode.DryRunMode` (FakeTensorMode with a faster cache key and the
+memcal's dry run is `harness.measure.DryRunMode` (FakeTensorMode with a faster cache key and the
 storage tracker inside it), entered the way the protocol enters it (`DryRunProbe.context()` and
 `.tracking(tracker)`). Beside it, on the same model, prompt ids and `run_phase`:
 
@@ -20,7 +20,6 @@ import sys
 from unittest import mock
 
 import pytest
-
 from side_by_side import check_target, side_by_side
 
 MODEL = "meta-llama/Meta-Llama-3-70B"
@@ -31,16 +30,15 @@ SHAPE = dict(batch=4, prompt_len=8192, dtype="bf16")
 def fake_70b():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    import harness.fakemode
+    import harness.measure._fakemode as fakemode
     from estimator.spec import load_spec
     from estimator.workload import Workload
-    from harness.build import build_model
-    from harness.phases import make_inputs
+    from harness.measure import build_model, make_inputs
     workload, spec = Workload(**SHAPE), load_spec(MODEL)
     built = build_model(spec, workload, "dry-run")
-    with mock.patch.object(harness.fakemode, "DryRunMode", FakeTensorMode):
+    with mock.patch.object(fakemode, "DryRunMode", FakeTensorMode):
         stock = build_model(spec, workload, "dry-run")
-    assert type(built.fake_mode) is harness.fakemode.DryRunMode and type(stock.fake_mode) is FakeTensorMode
+    assert type(built.fake_mode) is fakemode.DryRunMode and type(stock.fake_mode) is FakeTensorMode
     return workload, (built, make_inputs(built, workload)), (stock, make_inputs(stock, workload))
 
 
@@ -48,9 +46,7 @@ def _traces(workload, ours, stock):
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from harness.phases import run_phase
-    from harness.probes import DryRunProbe
-    from harness.tracker import StorageTracker
+    from harness.measure import DryRunProbe, StorageTracker, run_phase
 
     def bare(built, ids):
         def run():
@@ -58,7 +54,7 @@ def _traces(workload, ours, stock):
                 run_phase(built, workload, ids)
         return run
 
-    def storage_tracker(built, ids):  # as harness.protocol.measuring runs it
+    def storage_tracker(built, ids):  # as harness.measure.measuring runs it
         def run():
             tracker = StorageTracker()
             tracker.track(built.tensors(), "weights")

@@ -4,7 +4,7 @@
 * experiments/dryrun-catalogue.toml: the whole grid (924 points, 22 models at real size) takes ~25
   minutes here, so this benchmarks one deterministic shard of it, `--shard 1/22`: one whole group,
   meta-llama/Llama-2-7b-hf, 42 points (b 1/4/16 x s 512..32768 x prefill/generate with 4 new tokens).
-  The shard assignment depends only on the experiment file (harness/sweep_plan.py).
+  The shard assignment depends only on the experiment file (harness/sweep/_plan.py).
 
 Wall time includes starting the sweep, its fork server's imports (~3 s) and every worker. Points per
 minute = points written / median wall seconds * 60 (the CPU clock misses the workers, grandchildren

@@ -10,7 +10,6 @@ import gc
 from pathlib import Path
 
 import pytest
-
 from side_by_side import check_target, side_by_side
 
 TINY_LLAMA = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "tiny-llama.json"
@@ -22,8 +21,7 @@ def tiny_2048():
 
     from estimator.spec import load_spec
     from estimator.workload import Workload
-    from harness.build import build_model
-    from harness.phases import make_inputs
+    from harness.measure import build_model, make_inputs
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     workload = Workload(batch=1, prompt_len=2048, dtype="fp32", attention="sdpa")
@@ -33,8 +31,7 @@ def tiny_2048():
 
 
 def test_tracker_overhead_tiny_cpu_forward(benchmark, tiny_2048):
-    from harness.phases import run_phase
-    from harness.tracker import StorageTracker
+    from harness.measure import StorageTracker, run_phase
     built, workload, ids = tiny_2048
 
     def bare():
@@ -58,10 +55,9 @@ def test_tracker_overhead_tiny_cpu_forward(benchmark, tiny_2048):
 
 def test_cpu_point_protocol_overhead(benchmark, tiny_2048):
     """A whole measured CPU point (`run_point`: protocol, tracker, torch.profiler memory events, record)
-    vs the bare forward. The garbage collector is frozen as in a sweep worker (harness/sweep_worker.py):
+    vs the bare forward. The garbage collector is frozen as in a sweep worker (harness/sweep/_worker.py):
     otherwise the protocol's gc.collect() with transformers loaded dominates. Not a target; context."""
-    from harness.measure import run_point
-    from harness.phases import run_phase
+    from harness.measure import run_phase, run_point
     built, workload, ids = tiny_2048
     gc.collect()
     gc.freeze()

@@ -16,8 +16,7 @@ import torch  # noqa: E402,F401
 from torch._subclasses import fake_tensor  # noqa: E402,F401
 
 from estimator.spec import supported_families  # noqa: E402
-
-from . import build, env, measure, phases, probes, protocol, tracker  # noqa: E402,F401
+from harness.measure import git_info  # noqa: E402  (the whole measuring side: build, phases, probes, ...)
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 for _name in ("transformers.generation.utils", "torch.profiler",
@@ -26,6 +25,6 @@ for _name in ("transformers.generation.utils", "torch.profiler",
         importlib.import_module(_name)
     except ImportError:  # an unknown family fails later, as data, when its model is built
         pass
-env.git_info()  # cached: every worker inherits the commit instead of running git
+git_info()  # cached: every worker inherits the commit instead of running git
 gc.collect()
 gc.freeze()

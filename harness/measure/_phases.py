@@ -30,8 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from estimator.errors import MemcalError
 from estimator.workload import Workload
 
-from .build import BuiltModel
-from .tracker import storages_bytes
+from ._build import BuiltModel
+from ._tracker import storages_bytes
 
 __all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput"]
 

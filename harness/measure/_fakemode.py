@@ -20,7 +20,7 @@ one (which makes a dry run compute what a real CPU run computes) leave what it c
   other fields than the ones this code knows (another torch version), the fast key is off and
   everything goes the stock way.
 * **`aten._grouped_mm` of CPU tensors follows the CPU kernel** (any float dtype, 16-byte strides),
-  not the CUDA-only meta kernel (bf16 only): harness/experts.py.
+  not the CUDA-only meta kernel (bf16 only): harness/measure/_experts.py.
 * **`aten._unsafe_view` is answered as `aten.view`.** FakeTensorMode never caches `_unsafe_view`
   (every matmul's result goes through it) and computes it by its decomposition, which is
   `aten.view(x, size)`: asking for `view` directly gives the same tensor on the same storage from
@@ -38,7 +38,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, TensorMetadata
 
-from .experts import GROUPED_MM, fake_grouped_mm
+from ._experts import GROUPED_MM, fake_grouped_mm
 
 __all__ = ["DryRunMode", "FAST_KEY_SUPPORTED"]
 

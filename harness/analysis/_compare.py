@@ -1,6 +1,6 @@
 """Every formula against every measured point: predicted and measured bytes, component by component.
 
-`load_dataset(paths)` reads results files (harness/results.py), keeps the ``ok`` points (one per
+`load_dataset(paths)` reads results files (`harness.sweep.read_results`), keeps the ``ok`` points (one per
 point id: the median repeat) and lists every other record as excluded, with its status. It resolves
 each model's config (catalogue name, or the experiment's config files) and checks it against the
 config hash the sweep recorded: a config that changed since the measurement is refused, never
@@ -18,24 +18,26 @@ error ``rel_*`` (where the measured component is positive). The measured side:
   process peak - max_memory_allocated; mps: driver - allocated), allocator minus tensor level on cpu,
   None on the dry run (no allocator).
 
-Only numbers here; tables and plots are made in harness/report.py and harness/plots.py.
+Only numbers here; tables and plots are made in `_report` and `_plots`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import tomllib
+
 from estimator.errors import MemcalError
 from estimator.formulas import FORMULAS, Options, get
 from estimator.spec import ModelSpec, load_spec
 from estimator.workload import Workload
+from harness.sweep import WORKLOAD_COLUMNS, canonical_hash, read_results
 
-from .results import WORKLOAD_COLUMNS, read_results
+from .._common import env_differences, median_repeat, point_label
 
 __all__ = ["Dataset", "load_dataset", "comparison", "measured_components", "error_stats", "TARGETS",
            "COMPONENTS", "size_key"]
@@ -59,14 +61,12 @@ class Dataset:
 
     def environment_differences(self) -> list[str]:
         """'file: key: a vs b' for every comparable env key on which a source differs from the first."""
-        from .results import env_differences
         first = self.sources[0] if self.sources else {}
         return [f"{s['label']}: {d}" for s in self.sources[1:] for d in env_differences(first, s)]
 
 
 # --- loading ---------------------------------------------------------------------------------------
 def _config_hash(spec: ModelSpec) -> str:
-    from .experiment import canonical_hash
     return canonical_hash(dict(spec.config))
 
 
@@ -118,25 +118,12 @@ def _resolve_specs(header: Mapping[str, Any], path: Path) -> dict[str, ModelSpec
     return found
 
 
-def label(record: Mapping[str, Any]) -> str:
-    w = record.get("workload") or {}
-    gen = f"+{w.get('new_tokens')}" if w.get("phase") == "generate" else ""
-    weights = "" if w.get("weights") in (None, "none") else f"/{w.get('weights')}"
-    return (f"{record.get('model')} {w.get('dtype')}{weights} {w.get('attention')} b{w.get('batch')} "
-            f"s{w.get('prompt_len')}{gen} {w.get('phase')}")
-
-
 def _provenance(path: Path, header: Mapping[str, Any], records: list[dict]) -> dict[str, Any]:
     env = header.get("env") or {}
     return {"path": str(path), "experiment": header.get("experiment"), "fingerprint": header.get("fingerprint"),
             "machine": header.get("machine"), "created": header.get("created"),
             **{k: env.get(k) for k in PROVENANCE_KEYS},
             "records": len(records), "ok": sum(r.get("status") == "ok" for r in records)}
-
-
-def _median_repeat(records: list[dict]) -> dict:
-    ranked = sorted(records, key=lambda r: (r.get("peak_tensor_bytes") or 0, r.get("repeat", 0)))
-    return ranked[(len(ranked) - 1) // 2]
 
 
 def load_dataset(paths: Iterable[str | Path]) -> Dataset:
@@ -167,8 +154,8 @@ def load_dataset(paths: Iterable[str | Path]) -> Dataset:
                 by_point.setdefault((source, r["point_id"]), []).append(r)
             else:
                 excluded.append({"source": source, "status": r.get("status"), "model": r.get("model"),
-                                 "label": label(r), "message": r.get("message") or ""})
-    points = [_median_repeat(rs) for _, rs in sorted(by_point.items())]
+                                 "label": point_label(r), "message": r.get("message") or ""})
+    points = [median_repeat(rs) for _, rs in sorted(by_point.items())]
     digest = hashlib.sha256(json.dumps(
         [[p["point_id"], p.get("weights_bytes"), p.get("kv_cache_bytes"), p.get("peak_tensor_bytes"),
           p.get("peak_allocated_bytes"), p.get("peak_device_bytes")] for p in points] +

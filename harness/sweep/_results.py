@@ -5,7 +5,7 @@
     ...
 
 Schema history (``schema_version`` of the header):
-  1 -- first version (issue 4). Point records carry `harness.record.Measurement`'s fields (their own
+  1 -- first version (issue 4). Point records carry `harness.Measurement`'s fields (their own
        ``schema_version`` is the record's) plus point_id, repeat, group_id, stage (build or run: where
        a failure happened) and worker_pid (the process that measured it); status may also
        be one of the sweep's own: skipped, crashed, timeout. A point's ``env`` holds only the keys
@@ -26,19 +26,16 @@ from typing import Any, Iterable, Mapping
 
 from estimator.errors import MemcalError
 
-from .record import BYTE_FIELDS, SCHEMA_VERSION, STATUSES
+from .._common import env_differences
+from .._record import BYTE_FIELDS, SCHEMA_VERSION, STATUSES, peak_bytes
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "POINT_STATUSES", "ResultsFile", "ResultsWriter", "read_results",
-           "load_results", "merge_results", "env_differences", "repair_tail"]
+__all__ = ["RESULTS_SCHEMA_VERSION", "POINT_STATUSES", "WORKLOAD_COLUMNS", "ResultsFile", "ResultsWriter",
+           "read_results", "load_results", "merge_results", "repair_tail"]
 
 RESULTS_SCHEMA_VERSION = 1
 # The sweep's own outcomes, on top of what a measurement can say about itself.
 SWEEP_STATUSES = ("skipped", "crashed", "timeout")
 POINT_STATUSES = tuple(dict.fromkeys(STATUSES + SWEEP_STATUSES))
-# Env keys that must agree for two files (or a file and a resuming sweep) to be comparable.
-# Host, date, platform string and dirtiness may differ: a Slurm array runs on identical nodes.
-COMPARABLE_ENV_KEYS = ("device", "device_name", "device_total_bytes", "compute_capability", "driver",
-                       "cuda_version", "torch", "transformers", "bitsandbytes", "accelerate", "python", "commit")
 WORKLOAD_COLUMNS = ("batch", "prompt_len", "new_tokens", "dtype", "weights", "kv_dtype", "attention", "phase",
                     "cache", "double_quant")
 
@@ -106,11 +103,6 @@ def read_results(path: str | Path) -> ResultsFile:
         record["env"] = {**env, **(record.get("env") or {})}
         records.append(record)
     return ResultsFile(label, header, records, torn)
-
-
-def env_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """'key: a vs b' for every comparable env key on which two environments disagree."""
-    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in COMPARABLE_ENV_KEYS if a.get(k) != b.get(k)]
 
 
 def repair_tail(path: str | Path) -> int:
@@ -211,9 +203,7 @@ def _row(record: Mapping[str, Any]) -> dict[str, Any]:
     workload = record.get("workload") or {}
     row.update({k: workload.get(k) for k in WORKLOAD_COLUMNS})
     row["notes"] = tuple(record.get("notes") or ())
-    peak = next((record.get(k) for k in ("peak_device_bytes", "peak_reserved_bytes", "peak_allocated_bytes",
-                                         "peak_tensor_bytes") if record.get(k) is not None), None)
-    row["peak_bytes"] = peak  # the most complete peak the device measured (as Measurement.peak_bytes)
+    row["peak_bytes"] = peak_bytes(record)  # the most complete peak the device measured
     return row
 
 

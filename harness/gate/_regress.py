@@ -1,14 +1,15 @@
 """The regression gate: current measurements against a baseline, point by point. Pure: no I/O, no torch.
 
-`compare(baseline, current, ...)` takes two results files as read (`harness.results.ResultsFile`) and
-returns a `GateResult`; `harness.regress_format` turns it into Markdown and JUnit XML, and
+`compare(baseline, current, ...)` takes two results files as read (`harness.sweep.ResultsFile`) and
+returns a `GateResult`; `_format` turns it into Markdown and JUnit XML, and
 `memcal regress` into an exit code (0 pass, 1 regression, 2 not comparable).
 
 The rules, in order:
 
 * **Comparable or not.** The two files must hold the same experiment (equal fingerprints: the same
-  grid and model configs) measured on the same kind of device with the same torch, transformers and
-  bitsandbytes (`ENV_KEYS`; the host, the date, the commit and the amount of RAM may differ). Otherwise
+  grid and model configs) in comparable environments (`harness.COMPARABLE_ENV_KEYS`, the one rule:
+  the same device kind and model, driver, CUDA and libraries; the host, the date, the amount of RAM,
+  Python and the commit may differ: comparing commits is the gate's job). Otherwise
   nothing is compared and the verdict is ``not-comparable``, unless ``allow_env_change``: then the
   points are compared and the result says so.
 * **Status.** A point that was ok in the baseline and is anything else now (oom, error, crashed,
@@ -30,17 +31,16 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .record import Measurement
-from .results import ResultsFile
+from harness.sweep import ResultsFile
 
-__all__ = ["ENV_KEYS", "DEFAULT_METRICS", "Thresholds", "Change", "FormulaCheck", "GateResult", "compare",
-           "env_differences", "point_label", "heldout_bound"]
+from .._common import env_differences, median_repeat, point_label
+from .._record import peak_bytes
 
-# What must agree for two runs to be comparable: the device kind (cpu/cuda/... and its model: x86_64,
-# "NVIDIA H100 80GB HBM3") and the libraries that decide what is allocated. Not the host name.
-ENV_KEYS = ("device", "device_name", "torch", "transformers", "bitsandbytes")
+__all__ = ["DEFAULT_METRICS", "Thresholds", "Change", "FormulaCheck", "GateResult", "compare", "make_predict",
+           "heldout_bound"]
+
 # Gated metrics per device. CPU and dry-run tensor-level peaks are deterministic for fixed versions;
-# on a GPU the device's most complete peak (`Measurement.peak_bytes`) is gated too, with tolerances.
+# on a GPU the device's most complete peak (`harness.peak_bytes`) is gated too, with tolerances.
 DEFAULT_METRICS = {"cpu": ("peak_tensor_bytes",), "dry-run": ("peak_tensor_bytes",),
                    "cuda": ("peak_tensor_bytes", "peak_bytes"), "mps": ("peak_tensor_bytes", "peak_bytes")}
 VERDICTS = ("pass", "fail", "not-comparable")
@@ -153,30 +153,10 @@ class GateResult:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-def env_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: baseline vs current' for each of `ENV_KEYS` on which the two disagree."""
-    return [f"{k}: {baseline.get(k)!r} vs {current.get(k)!r}" for k in ENV_KEYS if baseline.get(k) != current.get(k)]
-
-
-def point_label(record: Mapping[str, Any]) -> str:
-    """'tiny-llama fp32 b4 s128+8 generate', with the workload fields that differ from the defaults."""
-    w = record.get("workload") or {}
-    gen = f"+{w.get('new_tokens')}" if w.get("phase") == "generate" else ""
-    text = f"{record.get('model')} {w.get('dtype')}"
-    if w.get("weights", "none") != "none":
-        text += f"/{w['weights']}" + ("+dq" if w.get("double_quant") else "")
-    text += f" b{w.get('batch')} s{w.get('prompt_len')}{gen} {w.get('phase')}"
-    extras = [f"{k}={w[k]}" for k, default in (("attention", "sdpa"), ("cache", "dynamic"))
-              if w.get(k, default) != default]
-    if w.get("kv_dtype") not in (None, w.get("dtype")):
-        extras.append(f"kv={w['kv_dtype']}")
-    return text + (f" ({', '.join(extras)})" if extras else "")
-
-
 def metric_value(record: Mapping[str, Any], metric: str) -> int | None:
     """A byte field of an ok record, or ``peak_bytes``: the device's most complete peak."""
     if metric == "peak_bytes":
-        return Measurement.from_dict(record).peak_bytes
+        return peak_bytes(record)
     return record.get(metric)
 
 
@@ -240,7 +220,7 @@ def _compare_points(baseline: ResultsFile, current: ResultsFile, metrics: Sequen
 
 
 # --- calibration -------------------------------------------------------------------------------------
-# Where `memcal fit` (harness/fit.py) records a calibrated formula's max |relative error|: on the points
+# Where `memcal fit` (`harness.analysis.fit`) records a calibrated formula's max |relative error|: on the points
 # held out by size, out of fold (k-fold) and in sample (the profile's own factors on every point).
 _BOUND_PATHS = (("holdout", "calibrated", "max"), ("kfold", "calibrated", "max"), ("in_sample", "max"))
 
@@ -292,12 +272,6 @@ def _check_formula(calibration: Any, formula: str, records: Sequence[Mapping], p
     return dataclasses.replace(check, max_error=worst, worst_point=worst_label, points=n, note=note)
 
 
-def _median_repeat(repeats: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    """The repeat a profile's errors were computed on (`harness.compare`: the median by tensor peak)."""
-    ranked = sorted(repeats, key=lambda r: (r.get("peak_tensor_bytes") or 0, r.get("repeat", 0)))
-    return ranked[(len(ranked) - 1) // 2]
-
-
 def _profile_devices(calibration: Any) -> set[str]:
     sources = (getattr(calibration, "data", None) or {}).get("sources") or []
     return {s.get("device") for s in sources if isinstance(s, Mapping) and s.get("device")}
@@ -307,7 +281,7 @@ def check_calibrations(calibrations: Sequence[Any], records: Sequence[Mapping], 
     """Each profile's formulas against the current ok points (the median repeat of each) measured on the
     device(s) the profile was fitted on."""
     out = []
-    points = [_median_repeat(repeats) for repeats in _fold(r for r in records if r["status"] == "ok").values()]
+    points = [median_repeat(repeats) for repeats in _fold(r for r in records if r["status"] == "ok").values()]
     for calibration in calibrations:
         devices = _profile_devices(calibration)
         chosen = [r for r in points if not devices or r.get("device") in devices]

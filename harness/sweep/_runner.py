@@ -26,13 +26,21 @@ from typing import Any, Callable
 
 from estimator.errors import MemcalError
 
-from .experiment import Experiment, Point
-from .results import RESULTS_SCHEMA_VERSION, ResultsWriter, env_differences, read_results, repair_tail
-from .sweep_plan import (Progress, default_machine, default_out, now, parse_shard, prior_failures,
-                         shard_groups, skip_reason, status_record)
-from .sweep_proc import WorkerDied, WorkerProc, WorkerTimeout
+from .._common import env_differences, memcal_version
+from ._experiment import Experiment, Point
+from ._plan import (
+    Progress,
+    default_machine,
+    now,
+    prior_failures,
+    shard_groups,
+    skip_reason,
+    status_record,
+)
+from ._proc import WorkerDied, WorkerProc, WorkerTimeout
+from ._results import RESULTS_SCHEMA_VERSION, ResultsWriter, read_results, repair_tail
 
-__all__ = ["run_sweep", "SweepSummary", "parse_shard", "shard_groups", "default_machine", "default_out"]
+__all__ = ["run_sweep", "SweepSummary"]
 
 HELLO_TIMEOUT_S = 300.0
 CRASH_LIMIT = 3          # workers dying in a row on one group: the rest of it is skipped
@@ -102,7 +110,7 @@ def _header(experiment: Experiment, env: dict[str, Any], shard: tuple[int, int] 
             "repeats": experiment.repeats, "torch_threads": experiment.torch_threads,
             "points_total": len(experiment.points), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             "points_planned": planned,
-            "machine": machine, "created": now(), "memcal": "0.1.0", "models": experiment.models,
+            "machine": machine, "created": now(), "memcal": memcal_version(), "models": experiment.models,
             "env": env, "experiment_toml": experiment.source}
 
 

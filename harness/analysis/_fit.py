@@ -34,7 +34,8 @@ from estimator.calibration import CALIBRATION_SCHEMA_VERSION, Calibration, Facto
 from estimator.errors import MemcalError
 from estimator.formulas import FORMULAS, get
 
-from .compare import TARGETS, Dataset, error_stats, load_dataset, predict, size_key
+from .._common import memcal_version
+from ._compare import TARGETS, Dataset, error_stats, load_dataset, predict, size_key
 
 __all__ = ["FitSettings", "FormulaFit", "FitResult", "fit", "fit_dataset", "fit_factors", "holdout_split",
            "kfold_folds", "METHODS"]
@@ -74,8 +75,9 @@ class FitSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "target": self.target, "target_field": TARGETS[self.target],
-                "loss": "relative error of the total", "holdout": {
-                    "fraction": self.holdout, "by": "per model, the largest workloads by batch x (prompt + new) tokens"},
+                "loss": "relative error of the total",
+                "holdout": {"fraction": self.holdout,
+                            "by": "per model, the largest workloads by batch x (prompt + new) tokens"},
                 "folds": self.folds, "coefficients": list(self.coefficients)}
 
     @classmethod
@@ -173,7 +175,8 @@ def holdout_split(dataset: Dataset, fraction: float = 0.3) -> tuple[list[int], l
 
 def kfold_folds(dataset: Dataset, k: int = 5) -> list[list[int]]:
     """k folds of point indices, assigned round-robin in point-id order (ids are hashes: a shuffle)."""
-    order = sorted(range(len(dataset.points)), key=lambda i: (dataset.points[i]["point_id"], dataset.points[i]["source"]))
+    points = dataset.points
+    order = sorted(range(len(points)), key=lambda i: (points[i]["point_id"], points[i]["source"]))
     k = min(k, len(order))
     return [sorted(order[j::k]) for j in range(k)]
 
@@ -316,14 +319,6 @@ def measured_target(dataset: Dataset, target: str) -> tuple[np.ndarray, np.ndarr
     return t, np.maximum(t - p, 0.0)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("memcal")
-    except Exception:  # not installed (a source checkout on sys.path)
-        return "0.1.0"
-
-
 def fit_dataset(dataset: Dataset, *, formulas: Iterable[str] | None = None, settings: FitSettings = FitSettings(),
                 name: str = "calibration") -> FitResult:
     """Fit and evaluate every formula on a loaded dataset; the result carries the profile."""
@@ -340,7 +335,7 @@ def fit_dataset(dataset: Dataset, *, formulas: Iterable[str] | None = None, sett
     calibration = Calibration(
         name=name, formulas={fid: f.factors for fid, f in fits.items()}, target=TARGETS[settings.target],
         data=data, method=settings.to_dict(), errors={fid: f.errors for fid, f in fits.items()},
-        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), memcal=_version(),
+        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), memcal=memcal_version(),
         schema_version=CALIBRATION_SCHEMA_VERSION)
     return FitResult(dataset, settings, target, fits, calibration)
 

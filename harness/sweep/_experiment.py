@@ -32,17 +32,19 @@ import difflib
 import hashlib
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+import tomllib
 
 from estimator.errors import MemcalError
 from estimator.spec import load_spec
 from estimator.units import parse_size
 from estimator.workload import Workload
 
-from .record import DEVICES
+from .._common import point_label
+from .._record import DEVICES
 
 __all__ = ["Experiment", "ExperimentError", "Point", "load_experiment", "canonical_hash"]
 
@@ -103,9 +105,7 @@ class Point:
             a.prompt_len >= b.prompt_len and a.new_tokens >= b.new_tokens
 
     def label(self) -> str:
-        w = self.workload
-        gen = f"+{w.new_tokens}" if w.phase == "generate" else ""
-        return f"{self.model} {w.dtype}/{w.weights} b{w.batch} s{w.prompt_len}{gen} {w.phase}"
+        return point_label({"model": self.model, "workload": dataclasses.asdict(self.workload)})
 
 
 @dataclass(frozen=True)

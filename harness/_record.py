@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
+__all__ = ["BYTE_FIELDS", "DEVICES", "Measurement", "PEAK_ORDER", "SCHEMA_VERSION", "STATUSES", "peak_bytes"]
+
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "unsupported", "error", "skipped", "crashed", "timeout")
 DEVICES = ("cpu", "dry-run", "cuda", "mps")
@@ -30,6 +32,28 @@ BYTE_FIELDS = (
     "non_torch_bytes",        # device memory the process uses outside torch's allocator (cuda: context, cuBLAS)
     "memory_cap_bytes",       # the cap the tracker enforced (cpu, dry-run), if any
 )
+
+
+# The most complete peak of each device, most complete first; the tensor-level peak ends every list.
+# cuda: process level (NVML: context and non-torch memory included), else reserved; mps: driver
+# allocated; cpu: allocator level (the process RSS, peak_device_bytes, also holds Python and the
+# libraries, which no formula models); dry-run: tensor level.
+PEAK_ORDER = {"cuda": ("peak_device_bytes", "peak_reserved_bytes", "peak_allocated_bytes"),
+              "mps": ("peak_reserved_bytes", "peak_allocated_bytes"),
+              "cpu": ("peak_allocated_bytes",)}
+
+
+def peak_bytes(record: Mapping[str, Any]) -> int | None:
+    """The most complete peak of the device's memory that a record's device measured (`PEAK_ORDER`).
+
+    ``record`` is a `Measurement`'s dict or a results file's point record: the one meaning of
+    ``peak_bytes`` everywhere (the record, results frames, the sweep's progress, the regression gate).
+    """
+    for name in (*PEAK_ORDER.get(record.get("device"), ()), "peak_tensor_bytes"):
+        value = record.get(name)
+        if value is not None:
+            return value
+    return None
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -89,20 +113,8 @@ class Measurement:
 
     @property
     def peak_bytes(self) -> int | None:
-        """The most complete peak of the device's memory that this device measured.
-
-        cuda: process level (NVML: context and non-torch memory included), else reserved; mps: driver
-        allocated; cpu: allocator level (the process RSS also holds Python and the libraries, which no
-        formula models); dry-run: tensor level.
-        """
-        order = {"cuda": ("peak_device_bytes", "peak_reserved_bytes", "peak_allocated_bytes"),
-                 "mps": ("peak_reserved_bytes", "peak_allocated_bytes"),
-                 "cpu": ("peak_allocated_bytes",)}.get(self.device, ())
-        for name in (*order, "peak_tensor_bytes"):
-            value = getattr(self, name)
-            if value is not None:
-                return value
-        return None
+        """The most complete peak this device measured (`peak_bytes`)."""
+        return peak_bytes(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

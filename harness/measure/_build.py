@@ -29,8 +29,8 @@ from estimator.expr import evaluate
 from estimator.spec import ModelSpec
 from estimator.workload import Workload
 
-from . import experts
-from .tracker import storages_bytes
+from . import _experts as experts
+from ._tracker import storages_bytes
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTN_IMPL = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
@@ -179,13 +179,13 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
     torch_device = "cpu" if device == "dry-run" else device
     notes: list[str] = []
     if spec.is_moe:
-        experts.install()  # the CPU experts path of a real run, in a dry run too (harness/experts.py)
+        experts.install()  # the CPU experts path of a real run, in a dry run too (harness/measure/_experts.py)
     fake_mode = None
     torch.manual_seed(seed)
     if device == "dry-run":
         if weights_path is not None:
             notes.append("dry run: the weights folder gives the config only; weights are fake")
-        from .fakemode import DryRunMode
+        from ._fakemode import DryRunMode
         fake_mode = DryRunMode()
         model = _random(_config(spec, workload), workload, torch_device, fake_mode)
     elif weights_path is not None:

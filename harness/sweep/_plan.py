@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from estimator.errors import MemcalError
+from estimator.format import human_bytes
 
-from .experiment import Experiment, Point
-from .record import STATUSES, Measurement
+from .._record import Measurement, peak_bytes
+from ._experiment import Experiment, Point
 
 __all__ = ["default_machine", "default_out", "parse_shard", "shard_groups", "status_record", "skip_reason",
            "prior_failures", "Progress", "now"]
@@ -58,14 +59,11 @@ def shard_groups(groups: dict[str, list[Point]], index: int, count: int) -> list
 def status_record(point: Point, status: str, message: str, stage: str = "run") -> dict[str, Any]:
     """A record for a point the sweep could not measure (skipped, crashed, timeout).
 
-    Built through `Measurement` so it has exactly its fields; while record.STATUSES lacks the
-    sweep's statuses, the record is validated as "error" and its status set afterwards.
+    Built through `Measurement`, so it has exactly its fields and is validated.
     """
-    m = Measurement(model=point.model, family=point.family, device=point.device,
-                    workload=dataclasses.asdict(point.workload),
-                    status=status if status in STATUSES else "error", message=message.replace("\n", " "),
-                    env={"date": now()})
-    return {**m.to_dict(), "status": status}
+    return Measurement(model=point.model, family=point.family, device=point.device,
+                       workload=dataclasses.asdict(point.workload), status=status,
+                       message=message.replace("\n", " "), env={"date": now()}).to_dict()
 
 
 def now() -> str:
@@ -94,9 +92,8 @@ class Progress:
     def update(self, point: Point, record: dict[str, Any]) -> None:
         if self.bar is None:
             return
-        peak = next((record.get(k) for k in ("peak_device_bytes", "peak_reserved_bytes", "peak_allocated_bytes",
-                                             "peak_tensor_bytes") if record.get(k) is not None), None)
-        shown = f"{peak / 2**20:,.1f} MiB" if peak is not None else record["status"]
+        peak = peak_bytes(record)
+        shown = human_bytes(peak) if peak is not None else record["status"]
         self.bar.set_postfix_str(f"last peak {shown} ({point.label()})", refresh=False)
         self.bar.update(1)
 

@@ -1,6 +1,6 @@
 """The sweep's worker process: builds one group's model once, measures its points one by one.
 
-`worker_main` runs in a process forked by multiprocessing's fork server (Linux; `harness.sweep_preload`
+`worker_main` runs in a process forked by multiprocessing's fork server (Linux; `harness.sweep._preload`
 is already imported there, so a worker starts in a fraction of a second) or spawned (elsewhere). It
 speaks JSON over a multiprocessing Connection (pyperf style):
 
@@ -28,6 +28,8 @@ import sys
 import threading
 import time
 from typing import Any
+
+from .._common import one_line
 
 HOOK_ENV = "MEMCAL_SWEEP_TEST_HOOK"
 
@@ -72,11 +74,6 @@ def _hook_matches(kind: str, model: str, workload: dict[str, Any]) -> bool:
     return any(all(fields.get(k) == v for k, v in match.items()) for match in json.loads(raw).get(kind, []))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
-
-
 class Worker:
     """One group: the spec, the model once built, and how each point is measured."""
 
@@ -88,34 +85,26 @@ class Worker:
         self.built = None
 
     def _status(self, workload, status: str, message: str, stage: str) -> tuple[str, dict]:
-        from .measure import record_status
+        from harness.measure import record_status
         return stage, record_status(self.spec, workload, self.device, status, message,
                                     memory_cap_bytes=self.memory_cap).to_dict()
 
     def _build(self, workload) -> tuple[str, dict] | None:
         """Build the model; None when built, else the failure record (stage "build")."""
-        import torch
-
         from estimator.errors import MemcalError
-
-        from .build import build_model
+        from harness.measure import build_failure, build_model
         try:
             self.built = build_model(self.spec, workload, self.device)
-        except torch.OutOfMemoryError as exc:
-            return self._status(workload, "oom", "while building: " + _one_line(exc), "build")
         except MemcalError as exc:
             return self._status(workload, "error", "while building: " + str(exc).splitlines()[0], "build")
         except Exception as exc:  # failure is data
-            unsupported = isinstance(exc, ValueError) and "does not support" in str(exc)
-            return self._status(workload, "unsupported" if unsupported else "error",
-                                "while building: " + _one_line(exc), "build")
+            return self._status(workload, *build_failure(exc), "build")
         gc.collect()
         gc.freeze()  # the model moves out of gc's reach: the protocol's gc.collect stays cheap
         return None
 
     def _unsupported(self, workload) -> str | None:
-        from .build import unsupported_reason
-        from .probes import get_probe
+        from harness.measure import get_probe, unsupported_reason
         reason = get_probe(self.device).unavailable() or unsupported_reason(self.spec, workload, self.device)
         positions = self.spec.max_position_embeddings
         if reason is None and self.spec.family in ("gpt2", "gpt_bigcode") and positions \
@@ -126,7 +115,7 @@ class Worker:
 
     def measure(self, workload) -> tuple[str, dict]:
         """(stage, record dict) for one point."""
-        from .measure import run_point
+        from harness.measure import run_point
         reason = self._unsupported(workload)
         if reason:
             return self._status(workload, "unsupported", reason, "run")
@@ -137,7 +126,7 @@ class Worker:
         try:
             return "run", run_point(self.built, workload, memory_cap=self.memory_cap).to_dict()
         except Exception as exc:  # run_point turns a run's failures into data; this is anything else
-            return self._status(workload, "error", _one_line(exc), "run")
+            return self._status(workload, "error", one_line(exc), "run")
 
 
 def _quiet_progress_bars() -> None:
@@ -161,15 +150,14 @@ def worker_main(conn, log_path: str, device: str, threads: int | None, env: dict
     _die_with_parent()
     _redirect_output(log_path)
     os.environ.update(env)
-    from . import sweep_preload  # noqa: F401  (already imported in the fork server; spawn imports it here)
+    from . import _preload  # noqa: F401  (already imported in the fork server; spawn imports it here)
     _quiet_progress_bars()
     if threads:
         import torch
         torch.set_num_threads(threads)
     from estimator.workload import Workload
-
-    from . import env as env_mod
-    _send(conn, {"type": "hello", "pid": os.getpid(), "env": env_mod.capture(device)})
+    from harness.measure import capture
+    _send(conn, {"type": "hello", "pid": os.getpid(), "env": capture(device)})
     worker: Worker | None = None
     while True:
         try:

@@ -21,20 +21,17 @@ from estimator.errors import MemcalError
 from estimator.spec import ModelSpec, load_spec
 from estimator.workload import Workload
 
-from . import env as env_mod
-from .build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
-from .phases import cache_bytes, make_inputs, run_phase
-from .probes import CudaProbe, Probe, get_probe
-from .protocol import measuring, settle
-from .record import Measurement
-from .tracker import StorageTracker
+from .._common import one_line
+from .._record import Measurement
+from . import _env as env_mod
+from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
+from ._isolate import call_in_fresh_process
+from ._phases import cache_bytes, make_inputs, run_phase
+from ._probes import CudaProbe, Probe, get_probe
+from ._protocol import measuring, settle
+from ._tracker import StorageTracker
 
-__all__ = ["measure", "run_point", "build_model", "record_status"]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+__all__ = ["measure", "run_point", "build_failure", "record_status"]
 
 
 def record_status(spec: ModelSpec, workload: Workload, device: str, status: str, message: str,
@@ -51,9 +48,8 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
     """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps)."""
     spec = load_spec(model)
     if isolate:
-        from .isolate import measure_in_fresh_process
-        return measure_in_fresh_process(spec, workload, device=device, memory_cap=memory_cap,
-                                        weights_path=weights_path, trust_remote_code=trust_remote_code)
+        return _measure_isolated(spec, workload, device=device, memory_cap=memory_cap,
+                                 weights_path=weights_path, trust_remote_code=trust_remote_code)
     probe = get_probe(device)
     reason = probe.unavailable() or unsupported_reason(spec, workload, device)
     if reason:
@@ -62,22 +58,38 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
         built = build_model(spec, workload, device, weights_path=weights_path, trust_remote_code=trust_remote_code)
     except MemcalError:
         raise
-    except torch.OutOfMemoryError as exc:
-        _cleanup(probe)
-        return record_status(spec, workload, device, "oom", "while building: " + _one_line(exc))
     except Exception as exc:  # failure is data: a sweep goes on
-        _cleanup(probe)
-        status = "unsupported" if isinstance(exc, ValueError) and "does not support" in str(exc) else "error"
-        return record_status(spec, workload, device, status, "while building: " + _one_line(exc))
+        settle(probe)
+        return record_status(spec, workload, device, *build_failure(exc))
     try:
         return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace)
     finally:
         del built
-        _cleanup(probe)
+        settle(probe)
 
 
-def _cleanup(probe: Probe) -> None:
-    settle(probe)
+def build_failure(exc: Exception) -> tuple[str, str]:
+    """(status, message) of an exception while building: oom, unsupported (transformers' "does not
+    support" for a setting a model lacks) or error. Bad input (MemcalError) is not data: it is raised."""
+    unsupported = isinstance(exc, ValueError) and "does not support" in str(exc)
+    status = "oom" if isinstance(exc, torch.OutOfMemoryError) else "unsupported" if unsupported else "error"
+    return status, "while building: " + one_line(exc)
+
+
+def _measure_child(config: dict, name: str, workload: dict, kwargs: dict) -> dict:
+    return measure(load_spec(config, name), Workload(**workload), **kwargs).to_dict()
+
+
+def _measure_isolated(spec: ModelSpec, workload: Workload, **kwargs: Any) -> Measurement:
+    """`measure` in a fresh process; a child that dies becomes an error record."""
+    kind, payload, code = call_in_fresh_process(_measure_child, dict(spec.config), spec.name,
+                                                dataclasses.asdict(workload), kwargs)
+    if kind == "ok":
+        return Measurement.from_dict(payload)
+    if kind == "raise":
+        raise MemcalError(payload.splitlines()[0])
+    return record_status(spec, workload, kwargs.get("device", "cpu"), "error",
+                         f"the measuring process died (exit code {code})")
 
 
 def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None = None, probe: Probe | None = None,
@@ -117,7 +129,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         with measuring(probe, tracker) as session:
             output = run_phase(built, workload, input_ids)
     except torch.OutOfMemoryError as exc:
-        status, message = "oom", _one_line(exc)
+        status, message = "oom", one_line(exc)
     except Exception as exc:  # failure is data
         status, message = _classify(exc, built)
     kv = cache_bytes(output.cache) if output is not None else None
@@ -144,5 +156,5 @@ def _classify(exc: Exception, built: BuiltModel) -> tuple[str, str]:
         return "unsupported", (f"dry run: the model reads tensor data ({exc.func}) to decide shapes; "
                                "fake tensors have none (MoE routing: keep transformers' default grouped_mm experts)")
     if "out of memory" in str(exc).lower():  # MPS and some CUDA paths raise RuntimeError, not OutOfMemoryError
-        return "oom", _one_line(exc)
-    return "error", _one_line(exc)
+        return "oom", one_line(exc)
+    return "error", one_line(exc)

@@ -15,10 +15,10 @@ import gc
 import time
 from dataclasses import dataclass, field
 
-from .probes import Probe, Snapshot
-from .tracker import StorageTracker
+from ._probes import Probe, Snapshot
+from ._tracker import StorageTracker
 
-__all__ = ["Session", "measuring"]
+__all__ = ["Session", "measuring", "settle"]
 
 
 @dataclass

@@ -131,7 +131,7 @@ class StorageTracker(TorchDispatchMode):
         """Count the storages of an op's outputs. The hot path: once per aten op of the run (~10k for
         a 70B prefill), so no pytree walk for the common outputs (a tensor, a flat tuple of tensors)
         and no op name unless one is needed. Called by `__torch_dispatch__` and, in a dry run, by
-        `harness.fakemode.DryRunMode` (the tracker inside the fake mode)."""
+        `harness.measure.DryRunMode` (the tracker inside the fake mode)."""
         if isinstance(out, torch.Tensor):
             self._see(out, func)
         elif isinstance(out, (tuple, list)):

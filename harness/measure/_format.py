@@ -9,16 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from estimator.format import table
-from estimator.units import GB, GiB, KiB, MiB
+from estimator.format import human, pick_unit, table
+from estimator.units import KiB
 
-from .record import Measurement
+from .._record import Measurement
+
+__all__ = ["measurement_text", "measurement_json"]
 
 COMPONENTS = ("weights", "kv_cache", "activation", "total")
 
 
-def measured_components(record: Measurement) -> dict[str, int | None]:
-    """The measured counterpart of each formula component, in bytes.
+def measured_beside_formulas(record: Measurement) -> dict[str, int | None]:
+    """The measured counterpart of each formula component in the `memcal measure` table, in bytes.
 
     activation = tensor-level peak - weights - final KV cache (the formulas' activation term excludes
     both); total = the most complete peak this device measured (`Measurement.peak_bytes`).
@@ -45,12 +47,13 @@ class FormulaComparison:
 
 def compare(record: Measurement, estimate: Any) -> list[FormulaComparison]:
     """Every formula's components next to the measured ones, with relative errors."""
-    measured = measured_components(record)
+    measured = measured_beside_formulas(record)
     out = []
     for fid, b in (estimate.breakdowns.items() if estimate is not None else ()):
         predicted = {"weights": b.weights_bytes, "kv_cache": b.kv_cache_bytes, "activation": b.activation_bytes,
                      "total": b.total_bytes}
-        out.append(FormulaComparison(fid, predicted, {k: relative_error(predicted[k], measured[k]) for k in COMPONENTS}))
+        errors = {k: relative_error(predicted[k], measured[k]) for k in COMPONENTS}
+        out.append(FormulaComparison(fid, predicted, errors))
     return out
 
 
@@ -58,17 +61,13 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:+.1f}%"
 
 
-UNITS = {"GiB": GiB, "GB": GB, "MiB": MiB, "KiB": KiB}
-
-
 def _size(n: int | None, unit: str) -> str:
-    return "n/a" if n is None else f"{n / UNITS[unit]:,.3f}"
+    return "n/a" if n is None else human(n, unit, 3)
 
 
-def pick_unit(record: Measurement) -> str:
+def _display_unit(record: Measurement) -> str:
     """GiB, unless the peak is under 1 GiB (tiny test models): MiB or KiB then."""
-    peak = record.peak_bytes or record.weights_bytes or 0
-    return "GiB" if peak >= GiB else "MiB" if peak >= MiB else "KiB"
+    return pick_unit(max(record.peak_bytes or record.weights_bytes or 0, KiB))[0]
 
 
 _MEASURED_LABELS = (
@@ -87,7 +86,7 @@ _MEASURED_LABELS = (
 
 def measurement_text(record: Measurement, estimate: Any = None, unit: str | None = None) -> str:
     """The `memcal measure` display: what was measured, then one row per formula with errors."""
-    unit = unit or pick_unit(record)
+    unit = unit or _display_unit(record)
     wl = record.workload
     lines = [f"model     {record.model} ({record.family})",
              f"workload  batch {wl.get('batch')}, prompt {wl.get('prompt_len')}, new {wl.get('new_tokens')}, "
@@ -102,7 +101,7 @@ def measurement_text(record: Measurement, estimate: Any = None, unit: str | None
     lines += ["", f"measured ({unit})", table(rows, ["component", unit, "bytes"], "lrr")]
     comparisons = compare(record, estimate)
     if comparisons:
-        measured = measured_components(record)
+        measured = measured_beside_formulas(record)
         header = ["formula", "weights", "err", "KV", "err", "activations", "err", "total", "err"]
         rows = [["measured", *sum(([_size(measured[k], unit), ""] for k in COMPONENTS), [])]]
         for c in comparisons:

@@ -1,7 +1,7 @@
 """The accuracy report's figures, as PNG bytes (matplotlib's Agg backend: no display needed).
 
-Each function takes comparison frames (harness/compare.py: one row per point and formula) and
-returns the PNG; harness/report.py writes the files and embeds them in the HTML page.
+Each function takes comparison frames (`_compare`: one row per point and formula) and returns the
+PNG; `_report` embeds them in the HTML page.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from estimator.units import GiB, KiB, MiB  # noqa: E402
+from estimator.format import pick_unit  # noqa: E402
 
-__all__ = ["predicted_vs_measured", "error_vs_length", "component_bars", "pick_unit"]
+__all__ = ["predicted_vs_measured", "error_vs_length", "component_bars"]
 
 COLORS = {"weights": "#4c72b0", "kv_cache": "#55a868", "activation": "#c44e52", "overhead": "#8172b2"}
 LABELS = {"weights": "weights", "kv_cache": "KV cache", "activation": "activations", "overhead": "overhead"}
@@ -27,13 +27,6 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=90, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def pick_unit(largest: float) -> tuple[str, int]:
-    for name, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if largest >= size:
-            return name, size
-    return "bytes", 1
 
 
 def _grid(n: int):

@@ -1,6 +1,6 @@
 """The accuracy report: every formula's raw and calibrated error on measured data, as Markdown + HTML.
 
-`build_report(results, ...)` computes (harness/compare.py, harness/fit.py) and lays the numbers out
+`build_report(results, ...)` computes (`_compare`, `_fit`) and lays the numbers out
 as a list of blocks (headings, paragraphs, tables, images); `markdown(blocks)` and `html(blocks,
 images)` only format them. The Markdown holds no timestamp but the data's own provenance, so a report
 rebuilt from the same results file is the same text (tests/test_report.py compares one with
@@ -25,13 +25,14 @@ import numpy as np
 
 from estimator.calibration import load_calibration
 from estimator.errors import MemcalError
+from estimator.format import human, pick_unit
 from estimator.formulas import FORMULAS, get
-from estimator.units import GiB
 
-from .compare import TARGETS, comparison, error_stats, load_dataset
-from .fit import FitSettings, fit_dataset
+from .._common import point_label
+from ._compare import TARGETS, comparison, error_stats, load_dataset
+from ._fit import FitSettings, fit_dataset
 
-__all__ = ["Report", "build_report", "markdown", "html", "write_report", "report"]
+__all__ = ["Report", "build_report", "markdown", "html", "write_report", "report", "pct"]
 
 DIMENSIONS = (("architecture", "family"), ("precision", "precision"), ("attention", "attention"),
               ("phase", "phase"), ("batch", "batch"), ("length (prompt tokens)", "prompt_len"))
@@ -81,10 +82,7 @@ def pct(x: float | None, signed: bool = False) -> str:
 
 
 def gib(x: float | None) -> str:
-    if x is None or x != x:
-        return "n/a"
-    v = x / GiB
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    return "n/a" if x is None or x != x else human(x, "GiB", None)
 
 
 def ratio(x: float | None) -> str:
@@ -158,9 +156,10 @@ def _comparison_csv(raw, cal) -> str:
 
 def _data_section(rep: Report, dataset) -> None:
     rep.h(2, "Data")
-    rows = [[Path(s["path"]).name, s.get("experiment"), s.get("fingerprint"), f"{s.get('device')}: {s.get('device_name')}",
-             s.get("torch"), s.get("transformers"), s.get("bitsandbytes"), (s.get("commit") or "")[:10] +
-             (" (dirty)" if s.get("dirty") else ""), s.get("created"), s.get("records"), s.get("ok")]
+    rows = [[Path(s["path"]).name, s.get("experiment"), s.get("fingerprint"),
+             f"{s.get('device')}: {s.get('device_name')}", s.get("torch"), s.get("transformers"), s.get("bitsandbytes"),
+             (s.get("commit") or "")[:10] + (" (dirty)" if s.get("dirty") else ""), s.get("created"), s.get("records"),
+             s.get("ok")]
             for s in dataset.sources]
     rep.table(["file", "experiment", "fingerprint", "device", "torch", "transformers", "bitsandbytes", "commit",
                "created", "records", "ok"], rows, "lllllllllrr")
@@ -190,16 +189,18 @@ def _calibration_section(rep: Report, fitted, profile, dataset) -> None:
     rep.p(text)
     if profile is not None:
         same = (profile.data or {}).get("fingerprint") == dataset.fingerprint
-        rep.p(f"Profile `{profile.name}` (schema {profile.schema_version}, memcal {profile.memcal or '?'}) was fitted on "
-              f"data fingerprint `{(profile.data or {}).get('fingerprint')}`: "
+        rep.p(f"Profile `{profile.name}` (schema {profile.schema_version}, memcal {profile.memcal or '?'}) was "
+              f"fitted on data fingerprint `{(profile.data or {}).get('fingerprint')}`: "
               + ("these data, so its errors below are in-sample; the held-out and k-fold columns refit it "
                  "without the points they predict." if same else "other data, so its errors below are out-of-sample."))
     factors = {f: profile.factors(f) for f in fitted.fits} if profile is not None else \
         {f: x.factors for f, x in fitted.fits.items()}
     rows = [[fid, f"{f.activation_scale:.4g}", f"{f.activation_offset_bytes:,}", f"{f.overhead_scale:.4g}",
-             f"{f.overhead_offset_bytes:,}", ", ".join(f"{k} = {v:.4g}" for k, v in sorted(f.coefficients.items())) or "–"]
+             f"{f.overhead_offset_bytes:,}",
+             ", ".join(f"{k} = {v:.4g}" for k, v in sorted(f.coefficients.items())) or "–"]
             for fid, f in factors.items()]
-    rep.p("Factors " + ("of the profile:" if profile is not None else "fitted on every point (what `memcal fit` ships):"))
+    rep.p("Factors " + ("of the profile:" if profile is not None
+                        else "fitted on every point (what `memcal fit` ships):"))
     rep.table(["formula", "activation scale", "activation offset (bytes)", "overhead scale", "overhead offset (bytes)",
                "coefficients"], rows, "lrrrrl")
 
@@ -215,8 +216,8 @@ def _summary_section(rep: Report, fitted, formulas, profile, cal) -> None:
     rep.h(3, f"Held out: the largest workloads ({test} points), calibrated on the smaller ones")
     rep.table(STATS_HEADER, [_stats_row(f, fitted.fits[f].errors["holdout"]["calibrated"]) for f in formulas])
     rep.h(3, f"k-fold (k = {fitted.settings.folds}), calibrated, out-of-fold (all {n} points)")
-    rows = [_stats_row(f, fitted.fits[f].errors["kfold"]["calibrated"]) + [pct(fitted.fits[f].errors["kfold"]["mean_fold_median"])]
-            for f in formulas]
+    rows = [_stats_row(f, fitted.fits[f].errors["kfold"]["calibrated"])
+            + [pct(fitted.fits[f].errors["kfold"]["mean_fold_median"])] for f in formulas]
     rep.table(STATS_HEADER + ["mean fold median"], rows)
     if profile is not None:
         rep.h(3, f"Calibrated with the profile (all {n} points)")
@@ -235,20 +236,22 @@ def _targets(rep: Report, fitted, formulas) -> None:
                h["max"] < fitted.fits[f].errors["holdout"]["calibrated"]["max"])]
     def mark(ok: bool) -> str:
         return "met" if ok else "**not met**"
-    items = [f"held-out median |error| {pct(h['median'])} (target ≤ {pct(TARGET_MEDIAN)}): {mark(h['median'] <= TARGET_MEDIAN)}",
+    items = [f"held-out median |error| {pct(h['median'])} (target ≤ {pct(TARGET_MEDIAN)}): "
+             f"{mark(h['median'] <= TARGET_MEDIAN)}",
              f"held-out max |error| {pct(h['max'])} (target ≤ {pct(TARGET_MAX)}): {mark(h['max'] <= TARGET_MAX)}",
              f"worst held-out underestimate {pct(h['worst_under'], True)} (target ≥ {pct(TARGET_UNDER, True)}): "
              f"{mark(h['worst_under'] >= TARGET_UNDER)}"]
     if seeds:
         items.append(f"beats every seed formula on held-out median and max (calibrated): "
                      f"{mark(len(beaten) == len(seeds))}"
-                     + ("" if len(beaten) == len(seeds) else f" (not: {', '.join(f for f in seeds if f not in beaten)})"))
+                     + ("" if len(beaten) == len(seeds)
+                        else f" (not: {', '.join(f for f in seeds if f not in beaten)})"))
     rep.p("memcal's calibrated formula against the targets of issue 5:")
     rep.items(items)
 
 
 def _plots_section(rep: Report, raw, cal, formulas, cal_label) -> None:
-    from . import plots
+    from . import _plots as plots
     rep.h(2, "Plots")
     rep.image("predicted_vs_measured.png", plots.predicted_vs_measured(raw, cal, formulas, cal_label),
               "predicted vs measured total, per formula")
@@ -273,9 +276,7 @@ def _showcase(raw) -> list[dict]:
         if row["point_id"] in seen:
             continue
         seen.add(row["point_id"])
-        gen = f"+{row['new_tokens']}" if row["phase"] == "generate" else ""
-        out.append({**row.to_dict(), "title": f"{row['model']} {row['precision']} b{row['batch']} "
-                                              f"s{row['prompt_len']}{gen} {row['phase']}"})
+        out.append({**row.to_dict(), "title": point_label({"model": row["model"], "workload": row.to_dict()})})
     return out
 
 
@@ -284,16 +285,9 @@ COMPONENT_LABELS = (("weights", "weights"), ("kv_cache", "KV cache"), ("activati
                     ("overhead", "overhead"))
 
 
-def _unit(largest: float) -> tuple[str, int]:
-    for name, size in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
-        if largest >= size:
-            return name, size
-    return "bytes", 1
-
-
 def _components_section(rep: Report, raw, formulas) -> None:
     rep.h(2, "Components (raw)")
-    unit, size = _unit(float(raw["m_total"].astype("float64").median()))
+    unit, size = pick_unit(float(raw["m_total"].astype("float64").median()))
     rep.p("Each formula's components against the measured ones: weights and KV cache as the record holds them; "
           "activations = tensor-level peak − weights − KV cache; overhead = device-level − allocator-level peak "
           "(cuda, mps), allocator-level − tensor-level peak (cpu), not measured on the dry run (the tensor-level "
@@ -364,7 +358,8 @@ def _kv_explanations(row, spec) -> list[str] | None:
     """Which of the seeds' known simplifications reproduce a KV prediction (as a product of factors):
     [] when the prediction is right, None when no combination explains it."""
     from estimator.formulas import memcal as mf
-    from .compare import workload_of
+
+    from ._compare import workload_of
     w = workload_of(row["_record"])
     m, p = float(row["m_kv_cache"]), float(row["p_kv_cache"])
     if m <= 0:

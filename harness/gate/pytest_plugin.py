@@ -6,7 +6,7 @@
   GPU machine); ``cuda`` or ``mps`` is a usage error where that device is absent, so that a GPU CI
   job that lost its GPU fails instead of skipping everything.
 * The ``memcal_peak`` fixture measures the peak memory of a block of code with the harness's own
-  protocol and probes (`harness.protocol.measuring`: gc, empty caches, reset peaks, snapshot, run
+  protocol and probes (`harness.measure.measuring`: gc, empty caches, reset peaks, snapshot, run
   under the storage tracker and the device's probe, snapshot)::
 
       def test_forward_fits(memcal_peak):
@@ -136,17 +136,11 @@ class BlockPeak:
         assert_memory_budget(self, budget, metric=metric)
 
 
-def _human(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n:,} B"
-
-
 def assert_memory_budget(measured: Any, budget: int | str, *, metric: str = "peak_tensor_bytes") -> None:
     """Fail the test when `measured` (a `BlockPeak`, a `Measurement`, or an int of bytes) is over `budget`
     (bytes, or a size such as ``"64MiB"``); the message gives both numbers and the excess."""
     __tracebackhide__ = True
+    from estimator.format import human_bytes
     from estimator.units import parse_size
     limit = parse_size(budget)
     value = measured if isinstance(measured, int) else getattr(measured, metric)
@@ -159,8 +153,8 @@ def assert_memory_budget(measured: Any, budget: int | str, *, metric: str = "pea
             where += f" in block {measured.label!r}"
         if getattr(measured, "peak_op", ""):
             where += f", peak at aten.{measured.peak_op}"
-        raise AssertionError(f"memory budget exceeded{where}: {metric} {value:,} B ({_human(value)}) > budget "
-                             f"{limit:,} B ({_human(limit)}), over by {over:,} B ({over / limit:+.1%})"
+        raise AssertionError(f"memory budget exceeded{where}: {metric} {value:,} B ({human_bytes(value)}) > budget "
+                             f"{limit:,} B ({human_bytes(limit)}), over by {over:,} B ({over / limit:+.1%})"
                              if limit else f"memory budget exceeded{where}: {metric} {value:,} B > budget 0 B")
 
 
@@ -194,7 +188,7 @@ class PeakMeter:
         return self._measure(label, track, memory_cap)
 
     def _probe(self):
-        from .probes import CudaProbe, get_probe
+        from harness.measure import CudaProbe, get_probe
         probe = get_probe(self.device)
         if isinstance(probe, CudaProbe) and not self._warm:
             import torch
@@ -205,8 +199,7 @@ class PeakMeter:
     def _measure(self, label: str, track: Any, memory_cap: int | None):
         import contextlib
 
-        from .protocol import measuring
-        from .tracker import StorageTracker
+        from harness.measure import StorageTracker, measuring
 
         @contextlib.contextmanager
         def block():

@@ -68,7 +68,8 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
          **workload_fields: Any) -> Plan:
     """The largest batch for ``seq``, or the longest prompt for ``batch``, whose predicted total fits."""
     if (batch is None) == (seq is None):
-        raise MemcalError("give --seq S to find the largest batch, or --batch B to find the longest prompt (one of them)")
+        raise MemcalError("give --seq S to find the largest batch, or --batch B to find the longest prompt "
+                          "(one of them)")
     if memory_bytes <= 0:
         raise MemcalError(f"--memory must be positive, got {memory_bytes}")
     spec = load_spec(model)
@@ -117,7 +118,7 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
 class Verification:
     """The dry run under the memory cap at the planned point and one step further."""
 
-    planned: Any                      # harness.record.Measurement
+    planned: Any                      # harness.Measurement
     next: Any                         # Measurement, or None where the plan has no next step
 
     @property
@@ -137,7 +138,7 @@ class Verification:
 
 def verify(p: Plan) -> Verification:
     """Run the planned point and the next step on the dry run with the plan's memory as the cap."""
-    from .measure import measure  # imports torch
+    from harness.measure import measure  # imports torch: only when asked to verify
     if not p.fits:
         first = measure(p.spec, p.next_workload, device="dry-run", memory_cap=p.memory_bytes)
         return Verification(None, first)

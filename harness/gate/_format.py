@@ -1,6 +1,6 @@
 """Displays of a `GateResult`: a Markdown report (fit for a CI job summary), JUnit XML, a verdict line.
 
-Calculation happens in `harness.regress`; nothing here decides anything. Sizes are shown in binary
+Calculation happens in `_regress`; nothing here decides anything. Sizes are shown in binary
 units (KiB = 2^10 B, MiB = 2^20 B, GiB = 2^30 B), and changes also in exact bytes.
 """
 from __future__ import annotations
@@ -8,21 +8,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .regress import Change, FormulaCheck, GateResult
+from estimator.format import human_bytes
 
-__all__ = ["markdown", "junit_xml", "verdict_line", "human_bytes"]
+from ._regress import Change, FormulaCheck, GateResult
+
+__all__ = ["markdown", "junit_xml", "verdict_line"]
 
 _TITLES = {"pass": "PASS", "fail": "FAIL", "not-comparable": "NOT COMPARABLE"}
-
-
-def human_bytes(n: int | None) -> str:
-    """'812 B', '4.00 KiB', '2.11 MiB', '1.50 GiB' (binary units); '–' when not measured."""
-    if n is None:
-        return "–"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n:,} B"
 
 
 def _percent(fraction: float) -> str:
@@ -108,7 +100,8 @@ def markdown(result: GateResult, max_rows: int = 40) -> str:
                  f"(fingerprint `{result.fingerprint}`) on {result.device}.")
     if result.verdict == "not-comparable":
         hint = "Record a new baseline (`memcal sweep EXPERIMENT --out FILE`)"
-        if result.env_differences and not result.env_change_allowed and len(result.env_differences) == len(result.reasons):
+        only_env = len(result.env_differences) == len(result.reasons)
+        if result.env_differences and not result.env_change_allowed and only_env:
             hint += ", or pass `--allow-env-change` to compare anyway"
         lines += ["", "Not compared:", *(f"- {r}" for r in result.reasons), "", hint + "."]
         return "\n".join(lines) + "\n"
@@ -160,8 +153,8 @@ def junit_xml(result: GateResult) -> str:
             cases += 1
             if f.failed:
                 failures += 1
-                ET.SubElement(case, "failure", message=f"max abs relative error {f.max_error:.4%} > the profile's bound "
-                                                       f"{f.bound:.4%} (worst: {f.worst_point})")
+                ET.SubElement(case, "failure", message=f"max abs relative error {f.max_error:.4%} > the profile's "
+                                                       f"bound {f.bound:.4%} (worst: {f.worst_point})")
             elif f.note:
                 ET.SubElement(case, "system-out").text = f.note
     suite.set("tests", str(cases))

@@ -1,5 +1,5 @@
 """The parent's side of a worker process: start, send a message, wait for the answer within a deadline,
-kill. Workers come from multiprocessing's fork server on Linux (preloaded with `harness.sweep_preload`,
+kill. Workers come from multiprocessing's fork server on Linux (preloaded with `harness.sweep._preload`,
 so a worker is ready in a fraction of a second) and are spawned elsewhere (macOS: fork is unsafe with
 Apple's frameworks). ``MEMCAL_SWEEP_START=spawn`` forces spawning.
 
@@ -41,7 +41,7 @@ def _context():
     if _CONTEXT is None:
         ctx = mp.get_context(start_method())
         if ctx.get_start_method() == "forkserver":
-            ctx.set_forkserver_preload(["harness.sweep_preload"])
+            ctx.set_forkserver_preload(["harness.sweep._preload"])
         _CONTEXT = ctx
     return _CONTEXT
 
@@ -64,7 +64,7 @@ class WorkerProc:
 
     def __init__(self, device: str, env: dict[str, str] | None = None, threads: int | None = None,
                  log_dir: str | None = None) -> None:
-        from .sweep_worker import worker_main
+        from ._worker import worker_main
         ctx = _context()
         fd, self._log_path = tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)
         self._log = os.fdopen(fd, "rb")

@@ -1,0 +1,69 @@
+"""What the harness's subpackages share and must mean the same everywhere: one home for each.
+
+* `one_line(exc)`: an exception as the one line a record's ``message`` holds;
+* `point_label(record)`: a point as people read it (``tiny-llama fp32 b4 s128+8 generate``);
+* `median_repeat(records)`: the repeat of a point that stands for it (fit, report and the gate);
+* `COMPARABLE_ENV_KEYS`, `env_differences`: when two measurements may be compared;
+* `memcal_version()`: the version written into results headers and calibration profiles.
+
+The peak of a record (`peak_bytes`) lives with the record (`harness._record`); byte formats for people
+with the estimator's (`estimator.format`). Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+__all__ = ["COMPARABLE_ENV_KEYS", "env_differences", "median_repeat", "memcal_version", "one_line",
+           "point_label"]
+
+# The one comparability rule (resume, merge, dataset, regression gate). Two environments are comparable
+# when everything that decides what torch allocates agrees: the device kind and model, its driver and
+# CUDA runtime, and the libraries. Host, date, platform string, RAM size, Python and memcal's own
+# commit (with its dirtiness) may differ: a Slurm array runs on identical nodes, and comparing commits
+# is what the regression gate is for. The commit stays in every header as provenance.
+COMPARABLE_ENV_KEYS = ("device", "device_name", "compute_capability", "driver", "cuda_version", "torch",
+                       "transformers", "bitsandbytes", "accelerate")
+
+
+def env_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """'key: a vs b' for every comparable env key on which two environments disagree."""
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in COMPARABLE_ENV_KEYS if a.get(k) != b.get(k)]
+
+
+def one_line(exc: BaseException) -> str:
+    """'TypeName: first line of the message' (a record's message is one line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def point_label(record: Mapping[str, Any]) -> str:
+    """'tiny-llama fp32 b4 s128+8 generate', with the workload fields that differ from the defaults.
+
+    ``record`` holds ``model`` and ``workload`` (a dict of `Workload` fields), as a results record does.
+    """
+    w = record.get("workload") or {}
+    gen = f"+{w.get('new_tokens')}" if w.get("phase") == "generate" else ""
+    text = f"{record.get('model')} {w.get('dtype')}"
+    if w.get("weights", "none") != "none":
+        text += f"/{w['weights']}" + ("+dq" if w.get("double_quant") else "")
+    text += f" b{w.get('batch')} s{w.get('prompt_len')}{gen} {w.get('phase')}"
+    extras = [f"{k}={w[k]}" for k, default in (("attention", "sdpa"), ("cache", "dynamic"))
+              if w.get(k, default) != default]
+    if w.get("kv_dtype") not in (None, w.get("dtype")):
+        extras.append(f"kv={w['kv_dtype']}")
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def median_repeat(records: Iterable[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The repeat that stands for a point: the median by tensor-level peak (the lower one of an even count)."""
+    ranked = sorted(records, key=lambda r: (r.get("peak_tensor_bytes") or 0, r.get("repeat", 0)))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def memcal_version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("memcal")
+    except PackageNotFoundError:  # a source checkout on sys.path, not installed
+        return "unknown"
