@@ -4,8 +4,8 @@ prefill: ``model(input_ids, use_cache=True, attention_mask=None)``, a plain forw
 every position, in the compute dtype. ``attention_mask=None`` because there is no padding (and
 under fake tensors transformers would otherwise build a full 4-D mask).
 
-generate: ``model.generate(input_ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)``, the
-cache implementation of the workload, peak over the whole call.
+generate: ``model.generate(input_ids, max_new_tokens=N, min_new_tokens=N, do_sample=False,
+use_cache=True)``, the cache implementation of the workload, peak over the whole call.
 
 The dry run of generate runs transformers' own ``generate`` under FakeTensorMode, so every
 allocation it makes (special-token tensors, the attention mask and its growth, position ids, the
@@ -195,7 +195,8 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) ->
             with dry_run_context(built, workload, input_ids):
                 sequences = model.generate(
                     input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
-                    do_sample=False, cache_implementation=workload.cache, num_beams=1)
+                    do_sample=False, cache_implementation=workload.cache, num_beams=1,
+                    use_cache=True)  # as the prefill: some config.json files keep a training-time use_cache=false
         finally:
             handle.remove()
         return PhaseOutput(catcher.cache, sequences.shape[1])
