@@ -28,7 +28,11 @@ REPOS = sorted(ENTRIES)
 # Public counts of the models that /work/shared/reference/parameter-counts.md does not list.
 EXTRA_PUBLIC_COUNTS = {"Qwen/Qwen2.5-0.5B": 494_032_768, "Qwen/Qwen2.5-72B": 72_706_203_648,
                        "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,
-                       "openai/gpt-oss-20b": 20_914_757_184}
+                       "openai/gpt-oss-20b": 20_914_757_184,
+                       # Hugging Face safetensors totals (the Hub API's "safetensors.total")
+                       "google/gemma-3-1b-it": 999_885_952, "allenai/OLMo-2-1124-7B": 7_298_617_344,
+                       "HuggingFaceTB/SmolLM3-3B": 3_075_098_624,
+                       "ibm-granite/granite-3.3-8b-instruct": 8_170_864_640}
 
 
 def hf_config(config: dict):

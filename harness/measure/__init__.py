@@ -21,8 +21,9 @@ from ._phases import cache_bytes, make_inputs, run_phase
 from ._probes import CpuProbe, CudaProbe, DryRunProbe, MpsProbe, Probe, Snapshot, get_probe
 from ._protocol import Session, measuring, settle
 from ._tracker import StorageTracker, storages_bytes
+from ._values import KnownValues
 
-__all__ = ["FAST_KEY_SUPPORTED", "TORCH_DTYPES", "BuiltModel", "CpuProbe", "CudaProbe", "DryRunMode", "DryRunProbe",
+__all__ = ["FAST_KEY_SUPPORTED", "TORCH_DTYPES", "BuiltModel", "KnownValues", "CpuProbe", "CudaProbe", "DryRunMode", "DryRunProbe",
            "MpsProbe", "Probe", "Session", "Snapshot", "StorageTracker", "build_failure", "build_model",
            "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "measure", "measurement_json",
            "measurement_text", "measuring", "record_status", "run_phase", "run_point", "settle", "storages_bytes",

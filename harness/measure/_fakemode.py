@@ -70,6 +70,8 @@ class DryRunMode(FakeTensorMode):
         self.fast_key = fast_key and FAST_KEY_SUPPORTED and self.shape_env is None
         self._tracker = None
         self._inside = False
+        self._values = None
+        self._following = False
 
     # --- the tracker ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -83,7 +85,29 @@ class DryRunMode(FakeTensorMode):
         finally:
             self._tracker = None
 
+    # --- the values known from shapes (harness/measure/_values.py) -------------------------------------------
+    @contextlib.contextmanager
+    def follow(self, values):
+        """Let `values` (a `KnownValues`) see every op from outside the mode while the block runs."""
+        if self._values is not None:
+            raise RuntimeError("values are already followed in this DryRunMode")
+        self._values = values
+        try:
+            yield values
+        finally:
+            self._values = None
+
     def dispatch(self, func, types, args=(), kwargs=None):
+        values = self._values
+        if values is None or self._following:  # not followed, or an op of the mode's own decompositions
+            return self._tracked(func, types, args, kwargs)
+        self._following = True
+        try:
+            return values.around(func, args, kwargs or {}, lambda: self._tracked(func, types, args, kwargs))
+        finally:
+            self._following = False
+
+    def _tracked(self, func, types, args, kwargs):
         tracker, asked = self._tracker, _VIEW if func is _UNSAFE_VIEW else func
         if tracker is None or self._inside:  # building, or an op of the mode's own decompositions
             return self._run(asked, types, args, kwargs)

@@ -4,17 +4,19 @@ prefill: ``model(input_ids, use_cache=True, attention_mask=None)``, a plain forw
 every position, in the compute dtype. ``attention_mask=None`` because there is no padding (and
 under fake tensors transformers would otherwise build a full 4-D mask).
 
-generate: ``model.generate(input_ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)``, the
-cache implementation of the workload, peak over the whole call.
+generate: ``model.generate(input_ids, max_new_tokens=N, min_new_tokens=N, do_sample=False,
+use_cache=True)``, the cache implementation of the workload, peak over the whole call.
 
 The dry run of generate runs transformers' own ``generate`` under FakeTensorMode, so every
 allocation it makes (special-token tensors, the attention mask and its growth, position ids, the
 fp32 copy of the last-token logits, argmax, the cat of input ids, cache growth) is the real one.
 It only reads data at a handful of sanity checks; `ScalarOracle` answers them as a well-formed,
 unpadded prompt would (``all`` -> True, ``any``/comparisons -> False) and the stop check is answered
-from the token count. Any other data-dependent read (e.g. MoE routing counts) stays an error, so a
-dry run never guesses a number that shapes memory. tests/test_dryrun.py proves the result equal,
-to the byte, to a real CPU run of the same tiny model.
+from the token count. In both phases a read of a tensor computed from shapes alone (position ids,
+e.g. dynamic RoPE's max position) gets its real value (`KnownValues`, harness/measure/_values.py). Any other
+data-dependent read (e.g. MoE routing counts) stays an error, so a dry run never guesses a number
+that shapes memory. tests/test_dryrun.py proves the result equal, to the byte, to a real CPU run
+of the same tiny model.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from estimator.workload import Workload
 
 from ._build import BuiltModel
 from ._tracker import storages_bytes
+from ._values import KnownValues
 
 __all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput"]
 
@@ -66,12 +69,17 @@ def make_inputs(built: BuiltModel, workload: Workload, seed: int = 0) -> torch.T
         with built.fake_mode:
             return torch.zeros(shape, dtype=torch.long, device=built.torch_device)
     vocab = built.model.config.get_text_config().vocab_size
-    special = _special_ids(built.model)
-    safe = next(i for i in range(vocab) if i not in special)
+    special, safe = _special_ids(built.model), _ordinary_id(built.model)
     ids = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
     for tok in special:
         ids[ids == tok] = safe
     return ids.to(built.torch_device)
+
+
+def _ordinary_id(model) -> int:
+    """The first token id that is no special token."""
+    special = _special_ids(model)
+    return next(i for i in range(model.config.get_text_config().vocab_size) if i not in special)
 
 
 def cache_bytes(cache: Any) -> int | None:
@@ -93,15 +101,17 @@ def cache_bytes(cache: Any) -> int | None:
 class ScalarOracle(TorchDispatchMode):
     """Answers generate's data-dependent sanity checks under fake tensors (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, values: KnownValues | None = None) -> None:
         super().__init__()
         self.answers: list[tuple[str, bool]] = []
+        self.values = values
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
             producer = getattr(args[0], "_memcal_op", None)
-            if producer is None:  # not a known check: never guess a value that could shape memory
-                return func(*args, **(kwargs or {}))  # FakeTensorMode raises DataDependentOutputException
+            if producer is None or (self.values is not None and self.values.known(args[0]) is not None):
+                # not a known check (never guess a value that could shape memory), or its value is known
+                return func(*args, **(kwargs or {}))  # the fake mode answers a known value, else raises
             answer = producer in _TRUE_WHEN_WELL_FORMED
             self.answers.append((producer, answer))
             return answer
@@ -137,12 +147,20 @@ def _quiet_transformers():
         logger.setLevel(level)
 
 
-def dry_run_context(built: BuiltModel, workload: Workload) -> contextlib.AbstractContextManager:
-    """Entered inside the fake mode and outside the tracker, for a dry run's generate only."""
+def dry_run_context(built: BuiltModel, workload: Workload,
+                    input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Entered inside the fake mode, for a dry run: the values known from shapes (harness/measure/_values.py)
+    and, for generate, the stop check and the well-formed answers. A known value wins over an answer.
+    The prompt is known as a well-formed one: no special token in it (the ids are one ordinary token,
+    which only masks and sanity checks read; the embeddings of fake weights stay unknown)."""
     stack = contextlib.ExitStack()
+    follow = getattr(built.fake_mode, "follow", None)  # a DryRunMode (benchmarks also run the stock mode)
+    values = KnownValues({input_ids: _ordinary_id(built.model)}) if follow is not None else None
+    if values is not None:
+        stack.enter_context(follow(values))
     if built.fake_mode is not None and workload.phase == "generate":
         stack.enter_context(_stop_check_patch(workload.total_len))
-        stack.enter_context(ScalarOracle())
+        stack.enter_context(ScalarOracle(values))
     return stack
 
 
@@ -163,7 +181,8 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) ->
     model = built.model
     with torch.no_grad(), _quiet_transformers():
         if workload.phase == "prefill":
-            out = model(input_ids=input_ids, attention_mask=None, use_cache=True)
+            with dry_run_context(built, workload, input_ids):
+                out = model(input_ids=input_ids, attention_mask=None, use_cache=True)
             cache = out.past_key_values
             del out  # the logits were live at the peak; the cache lives on in `cache`
             return PhaseOutput(cache, input_ids.shape[1])
@@ -173,10 +192,11 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) ->
         catcher = _CacheCatcher()
         handle = model.register_forward_pre_hook(catcher, with_kwargs=True)
         try:
-            with dry_run_context(built, workload):
+            with dry_run_context(built, workload, input_ids):
                 sequences = model.generate(
                     input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
-                    do_sample=False, cache_implementation=workload.cache, num_beams=1)
+                    do_sample=False, cache_implementation=workload.cache, num_beams=1,
+                    use_cache=True)  # as the prefill: some config.json files keep a training-time use_cache=false
         finally:
             handle.remove()
         return PhaseOutput(catcher.cache, sequences.shape[1])
