@@ -55,15 +55,15 @@ def compressed_checkpoint(model, qc: dict, folder: Path) -> None:
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
-    config = QuantizationConfig.model_validate({k: v for k, v in qc.items() if k not in ("quant_method", "version")})
-    config.quantization_status = "frozen"
+    fields = {k: v for k, v in qc.items() if k not in ("quant_method", "version", "format")}
+    config = QuantizationConfig.model_validate({**fields, "quantization_status": "frozen"})
     apply_quantization_config(model, config)
     with torch.no_grad():  # calibrated scales would come from data: any positive value gives the same layout
         for module in model.modules():
             for name in ("weight_scale", "input_scale"):
                 if isinstance(getattr(module, name, None), torch.Tensor):
                     getattr(module, name).fill_(0.01)
-    compressor = ModelCompressor(quantization_config=config, force_compression_format=qc.get("format"))
+    compressor = ModelCompressor(quantization_config=config)  # formats inferred per module, as the load does
     compressor.compress_model(model)
     model.save_pretrained(folder)
     compressor.update_config(str(folder))

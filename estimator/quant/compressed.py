@@ -18,14 +18,19 @@ def _args(raw: Any) -> Mapping[str, Any]:
     return raw if isinstance(raw, Mapping) else {}
 
 
-def _format(scheme: Mapping, top: str | None, w: Mapping) -> str:
-    fmt = scheme.get("format") or top
-    if fmt in _PACKED + _PLAIN:
-        return fmt
-    # dense / fakequant / null: compressed-tensors infers it (compressors/format.py infer_module_format)
+def _format(scheme: Mapping, w: Mapping) -> str:
+    """The format transformers' load compresses the module into: the group's own ``format`` if the
+    checkpoint records one (compressors/base.py compress_module), else compressed-tensors'
+    infer_module_format (compressors/format.py: the first format of COMPRESSION_FORMAT_PRIORITY that can
+    compress it: int-quantized for W8A8 int8, pack-quantized for other int weights, float-quantized for
+    fp8). The config's top-level ``format`` is a summary: the load does not use it."""
+    if scheme.get("format") in _PACKED + _PLAIN:
+        return scheme["format"]
     if w.get("type", "int") == "float":
         return "float-quantized"
-    return "pack-quantized" if int(w.get("num_bits", 8)) < 8 else "int-quantized"
+    inputs = _args(scheme.get("input_activations"))
+    w8a8 = int(w.get("num_bits", 8)) == 8 and inputs.get("type", "int") == "int" and int(inputs.get("num_bits", 0)) == 8
+    return "int-quantized" if w8a8 else "pack-quantized"
 
 
 def read_groups(qc: Mapping, warn: list[str]) -> tuple[list[dict], list[str]]:
@@ -37,7 +42,7 @@ def read_groups(qc: Mapping, warn: list[str]) -> tuple[list[dict], list[str]]:
             warn.append(f"compressed-tensors group {name!r} quantizes no weights: its modules priced dense")
             continue
         bits, kind, strategy = int(w.get("num_bits", 8)), w.get("type", "int"), w.get("strategy", "tensor")
-        fmt = _format(scheme, qc.get("format"), w)
+        fmt = _format(scheme, w)
         if strategy not in ("tensor", "channel", "group", "block"):
             warn.append(f"compressed-tensors strategy {strategy!r} (group {name!r}) is not modelled: priced per channel")
         if fmt not in _PACKED + _PLAIN:
