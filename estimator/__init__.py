@@ -43,6 +43,7 @@ class Estimate:
                       "heads": self.spec.num_heads, "kv_heads": self.spec.num_kv_heads,
                       "head_dim": self.spec.head_dim, "vocab_size": self.spec.vocab_size},
             "workload": {k: getattr(self.workload, k) for k in self.workload.__dataclass_fields__},
+            "weight_format": _weight_format(self.spec, self.workload, self.options),
             "formulas": {fid: b.to_dict() for fid, b in self.breakdowns.items()},
             "refusals": dict(self.refusals),
             "warnings": list(self.warnings),
@@ -67,12 +68,36 @@ def _parameters(spec: ModelSpec) -> int | None:
         return None
 
 
+def _weight_format(spec: ModelSpec, workload: Workload, options: Options) -> dict[str, Any]:
+    """What memcal priced the weights as (estimator/quant): method, label, options, notes, warnings."""
+    from . import quant
+    label, notes, warns = quant.describe(spec, workload, options.device)
+    out = {**quant.scheme_for(spec, workload).to_dict(), "label": label, "notes": list(notes), "warnings": list(warns)}
+    if options.gguf_file:
+        out["gguf_file"] = {"path": str(options.gguf_file), **quant.read_file(options.gguf_file)}
+    return out
+
+
+def _seed_note(spec: ModelSpec, workload: Workload, breakdowns: dict[str, Breakdown]) -> dict[str, Breakdown]:
+    """The seed formulas take no quantization_config: say so where the checkpoint has one they price dense."""
+    from dataclasses import replace as _replace
+    from . import quant
+    scheme = quant.scheme_for(spec, workload)
+    if scheme.origin != "quantization_config" or scheme.method == "dense":
+        return breakdowns
+    note = (f"prices the dense {workload.dtype} model: this formula reads no quantization_config "
+            f"(the checkpoint is {scheme.label}; memcal's row prices it)")
+    return {fid: b if b.source == "memcal" else _replace(b, notes=(*b.notes, note)) for fid, b in breakdowns.items()}
+
+
 def check_workload(spec: ModelSpec, workload: Workload) -> list[str]:
     """Warnings (not errors) about a workload for this model."""
     out = []
     limit = spec.max_position_embeddings
     if limit and workload.total_len > limit:
         out.append(f"{workload.total_len} tokens exceed {spec.name}'s max_position_embeddings ({limit})")
+    from . import quant  # an unmodelled quantization option or method: said, never silent (issue 15)
+    out += list(quant.scheme_for(spec, workload).warnings)
     return out
 
 
@@ -113,4 +138,5 @@ def estimate(model: Any, workload: Workload | None = None, *, formulas: Iterable
             refusals[f.id] = str(exc)
     if not breakdowns:
         raise MemcalError(next(iter(refusals.values())))
+    breakdowns = _seed_note(spec, workload, breakdowns)
     return Estimate(spec, workload, options, breakdowns, tuple(notes), calibration, refusals)

@@ -134,8 +134,50 @@ def audit_markdown() -> str:
     lines.append("")
     for short in SEEDS:
         lines += _seed_section(short)
+    lines += quantized_section()
     lines += ["## Common to all seeds", ""] + [f"- {item}" for item in COMMON]
     return "\n".join(lines) + "\n"
+
+
+# Quantized formats the seeds price by one bytes-per-parameter number (001: t/8 with the format's nominal
+# bits; 004: its table), against the exact layout memcal prices (estimator/quant, issue 15).
+QUANT_MODEL = "meta-llama/Llama-3.1-8B"
+QUANT_CASES = (
+    ("GPTQ 4-bit, group 128", {"quant_method": "gptq", "bits": 4, "group_size": 128}, "gptq"),
+    ("AWQ 4-bit gemm, group 128", {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm"}, "awq"),
+    ("FP8, 128x128 blocks", {"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8"),
+    ("GGUF Q4_K_M", None, "Q4_K_M"),
+    ("GGUF Q8_0", None, "Q8_0"),
+    ("GGUF Q4_0", None, "Q4_0"),
+)
+
+
+def quantized_section() -> list[str]:
+    """How far the seeds' bytes per parameter are from the exact layout of GPTQ/AWQ/FP8/GGUF."""
+    from .catalogue import lookup
+    from .formulas import gguf_cheat_sheet, memcal
+    from .spec import spec_from_dict
+    from .workload import Workload
+    lines = ["## Quantized weights: the seeds' bytes per parameter against the exact layout", "",
+             f"{QUANT_MODEL} ({lookup(QUANT_MODEL) and spec_from_dict(lookup(QUANT_MODEL)).parameters:,} parameters), "
+             "bf16 compute. The seeds price every parameter at one width (001: t/8 with the format's nominal "
+             "bits; 004: its table); the exact layout (memcal, `estimator/quant`) adds scales, zero points and "
+             "group indices, keeps lm_head, embeddings and norms in bf16, and for GGUF follows llama.cpp's "
+             "mixture (Q6_K output and some attn_v/ffn_down).", "",
+             "| format | 001 bytes/param | 004 bytes/param | exact bytes/param | 001 error | 004 error |",
+             "|---|---|---|---|---|---|"]
+    for label, qc, flag in QUANT_CASES:
+        config = dict(lookup(QUANT_MODEL))
+        if qc:
+            config["quantization_config"] = qc
+        spec = spec_from_dict(config, QUANT_MODEL)
+        p = spec.parameters
+        exact = memcal.parameter_bytes(spec, Workload(weights="none" if qc else flag), "cuda") / p
+        w = Workload(weights=flag)
+        b001, b004 = w.weight_bits / 8, float(gguf_cheat_sheet.bytes_per_parameter(w))
+        lines.append(f"| {label} | {b001:.4f} | {b004:.4f} | {exact:.4f} | {100 * (b001 / exact - 1):+.1f}% | "
+                     f"{100 * (b004 / exact - 1):+.1f}% |")
+    return lines + [""]
 
 
 def main() -> None:

@@ -52,8 +52,10 @@ def estimate_text(result, unit: str = "GiB") -> str:
     spec, workload = result.spec, result.workload
     exact = result.to_dict()["model"]["parameters"]
     used = result.options.parameters or exact
+    from . import quant
     lines = [f"model     {spec.describe()}", *(f"note      {n}" for n in spec.notes),
-             f"workload  {workload.describe()}"]
+             f"workload  {workload.describe()}",
+             f"weights   {quant.describe(spec, workload, result.options.device)[0]}"]
     if used != exact and used is not None:
         lines.append(f"params    {used:,} given by the user (the seed formulas use it; memcal's own does not)")
     for note in result.warnings:

@@ -28,7 +28,11 @@ GGUF_TYPES = {
 }
 # bitsandbytes weight quantizations: nominal bits per weight (scales come on top, see the memcal formula).
 BNB_BITS = {"int8": 8, "nf4": 4, "fp4": 4}
-_WEIGHT_ALIASES = {"none": "none", "": "none", "int8": "int8", "llm.int8": "int8", "bnb-int8": "int8",
+# Weight formats named by method (estimator/quant): their nominal bits, for the seeds; "dense" forces the
+# dense model over a checkpoint's quantization_config ("none": the checkpoint as published decides).
+METHOD_BITS = {"gptq": 4, "awq": 4, "fp8": 8, "mxfp4": 4}
+_WEIGHT_ALIASES = {"none": "none", "": "none", "auto": "none", "dense": "dense", "gptq": "gptq", "awq": "awq",
+                   "fp8": "fp8", "mxfp4": "mxfp4", "int8": "int8", "llm.int8": "int8", "bnb-int8": "int8",
                    "8bit": "int8", "nf4": "nf4", "bnb-nf4": "nf4", "4bit": "nf4", "fp4": "fp4",
                    "bnb-fp4": "fp4", "int4": "nf4"}
 
@@ -136,8 +140,10 @@ class Workload:
     @property
     def weight_bits(self) -> float:
         """Nominal bits per weight, as a seed's user would type it (16 for bf16, 4 for nf4, 4.5 for Q4_0)."""
-        if self.weights == "none":
+        if self.weights in ("none", "dense"):
             return 8 * self.dtype_bytes
+        if self.weights in METHOD_BITS:
+            return METHOD_BITS[self.weights]
         if self.is_gguf:
             return GGUF_TYPES[self.weights][0]
         return BNB_BITS[self.weights]
@@ -149,7 +155,7 @@ class Workload:
         return replace(self, **changes)
 
     def describe(self) -> str:
-        weights = self.dtype if self.weights == "none" else f"{self.weights} weights, {self.dtype} compute"
+        weights = self.dtype if self.weights in ("none", "dense") else f"{self.weights} weights, {self.dtype} compute"
         text = f"batch {self.batch}, prompt {self.prompt_len}"
         if self.phase == "generate":
             text += f" + {self.new_tokens} new"

@@ -44,8 +44,12 @@ def test_double_quant_shrinks_absmax():
     assert memcal.weight_bytes(spec(), Workload(dtype="bf16", weights="nf4", double_quant=True)) == expected
 
 
-def test_gguf_uses_the_cheat_sheet_bytes_per_parameter():
-    assert memcal.weight_bytes(spec(), Workload(weights="Q8_0")) == round(86_848 * 1.06) + BUFFERS
+def test_gguf_is_priced_with_llama_cpps_tensor_types():
+    # issue 15: memcal prices a GGUF file type by llama.cpp's mixture (estimator/quant/gguf.py), exact per
+    # ggml block; the 004 seed keeps its bytes per parameter. Q8_0: 34 bytes per 32 weights; rows of 64 and
+    # 128 divide into blocks; the lm_head (output) stays Q8_0; norms F32
+    q8 = (73_728 + 6_400 + 6_400) // 32 * 34 + 320 * 4
+    assert memcal.weight_bytes(spec(), Workload(weights="Q8_0")) == q8 + BUFFERS
 
 
 def test_kv_is_exact_for_gqa_and_generate_holds_one_token_less():

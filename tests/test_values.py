@@ -10,10 +10,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException  # noqa: 
 
 from estimator.spec import load_spec  # noqa: E402
 from estimator.workload import Workload  # noqa: E402
-from harness.build import build_model  # noqa: E402
-from harness.fakemode import DryRunMode  # noqa: E402
-from harness.measure import run_point  # noqa: E402
-from harness.measure import KnownValues  # noqa: E402
+from harness.measure import DryRunMode, KnownValues, build_model, run_point  # noqa: E402
 from harness_helpers import quiet  # noqa: E402
 
 quiet()

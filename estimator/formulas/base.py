@@ -28,8 +28,13 @@ class Options:
     os: str = "linux"
     kv_cache: bool = True
     device: str | None = None
+    bnb_compute_dtype: str | None = None   # bitsandbytes 4-bit compute dtype (--bnb-compute-dtype; estimator/quant)
+    gguf_file: str | None = None           # a .gguf file whose tensor table gives memcal's weights
 
     def __post_init__(self) -> None:
+        if self.bnb_compute_dtype is not None:
+            from ..workload import normalise_dtype
+            object.__setattr__(self, "bnb_compute_dtype", normalise_dtype(self.bnb_compute_dtype))
         if self.os not in OS_CHOICES:
             raise MemcalError(f"unknown os {self.os!r}: choose one of {', '.join(OS_CHOICES)}")
         if self.device not in (None, *DEVICES):

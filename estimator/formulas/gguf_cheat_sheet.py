@@ -40,12 +40,13 @@ title = "Cheat sheet: bytes/parameter + 2BSHLP + BSHL2 + 1-2 GB (seed 004)"
 DEFAULT_OVERHEAD_GIB = 2
 ACTIVATION_FACTOR = 2
 _DTYPE_BPP = {"fp32": 4, "fp16": 2, "bf16": 2}
-_BNB_BPP = {"int8": 1, "nf4": Fraction(1, 2), "fp4": Fraction(1, 2)}  # INT8 / INT4 rows of its table
+_BNB_BPP = {"int8": 1, "nf4": Fraction(1, 2), "fp4": Fraction(1, 2),  # INT8 / INT4 rows of its table
+            "gptq": Fraction(1, 2), "awq": Fraction(1, 2), "mxfp4": Fraction(1, 2), "fp8": 1}
 
 
 def bytes_per_parameter(workload: Workload) -> Fraction:
     """The sheet's Bytes per Parameter for the workload's weights."""
-    if workload.weights == "none":
+    if workload.weights in ("none", "dense"):
         return Fraction(_DTYPE_BPP[workload.dtype])
     if workload.is_gguf:
         return Fraction(str(GGUF_TYPES[workload.weights][1]))
@@ -74,7 +75,7 @@ def estimate_with(spec: ModelSpec, workload: Workload, options: Options,
         raise ValueError(f"overhead must not be negative, got {overhead_gib}")
     bpp = bytes_per_parameter(workload)
     B, S, H, L = workload.batch, workload.total_len, spec.hidden_size, spec.num_layers
-    weights = workload.dtype if workload.weights == "none" else workload.weights
+    weights = workload.dtype if workload.weights in ("none", "dense") else workload.weights
     notes = [f"{float(bpp):g} bytes per parameter ({weights})",
              f"overhead {overhead_gib:g} GiB (the sheet: 1-2 GB, GB = 1024^3)"]
     notes += gqa_ignored(spec, "hidden dim H")

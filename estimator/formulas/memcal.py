@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import kv, program
+from .. import kv, program, quant
 from ..breakdown import Breakdown
 from ..errors import MemcalError
 from ..expr import evaluate
@@ -84,7 +84,12 @@ def parameter_bytes(spec: ModelSpec, workload: Workload, device: str | None = No
     """Bytes of the parameters, quantization state included (see `weight_bytes`)."""
     layout = parameter_layout(spec)
     e = workload.dtype_bytes
-    if workload.weights == "none":
+    # estimator/quant (issue 15): the checkpoint's quantization_config and --weights gptq/awq/fp8/mxfp4/GGUF,
+    # exact per format; None for the dense model and --weights int8/nf4/fp4, priced below
+    priced = quant.parameter_bytes(spec, workload, device, dense_bytes=layout.parameters * e)
+    if priced is not None:
+        return priced
+    if workload.weights in ("none", "dense"):
         return layout.parameters * e
     if workload.is_gguf:
         return round(layout.parameters * GGUF_TYPES[workload.weights][1])
@@ -225,6 +230,17 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
              coefficients: Coefficients = DEFAULT) -> Breakdown:
     activations, where = activation_bytes(spec, workload, coefficients)
     notes = [f"peak set by: {where}"]
+    # --- quantized weights (estimator/quant, issue 15): the format priced, and bnb 4-bit's CUDA transient
+    label, quant_notes, _ = quant.describe(spec, workload, options.device)
+    notes += [f"weights: {label}", *quant_notes]
+    if options.device == "cuda":
+        from ..quant.cuda import matmul_transient
+        term = matmul_transient(spec, workload, quant.scheme_for(spec, workload), options.bnb_compute_dtype)
+        if term is not None:
+            activations += term[0]
+            notes.append(term[1])
+    weights = quant.read_file(options.gguf_file)["total_bytes"] if options.gguf_file else \
+        weight_bytes(spec, workload, options.device)
     if options.parameters is not None:
         notes.append("ignores --params: weights come from the exact parameter layout")
     if workload.weights in ("int8", "nf4", "fp4"):
@@ -235,7 +251,7 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
                          "(embeddings, lm_head, fused MoE experts) stay in the compute dtype")
     return Breakdown(
         formula=id, source=source,
-        weights_bytes=weight_bytes(spec, workload, options.device),
+        weights_bytes=weights,
         kv_cache_bytes=kv_cache_bytes(spec, workload) if options.kv_cache else 0,
         activation_bytes=activations, overhead_bytes=coefficients.overhead_bytes,
         notes=tuple(notes),

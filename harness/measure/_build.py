@@ -30,12 +30,14 @@ from estimator.spec import ModelSpec
 from estimator.workload import Workload
 
 from . import _experts as experts
+from . import _quant_build as quant_build
 from ._tracker import storages_bytes
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTN_IMPL = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
 # Keys of a config.json that describe a checkpoint, not an architecture: random weights ignore them.
 _BNB_PARAM_STATE = ("SCB", "CB")
+_BNB_WEIGHTS = ("int8", "nf4", "fp4")
 _CHECKPOINT_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "architectures",
                     "torch_dtype", "dtype", "auto_map")
 
@@ -97,10 +99,13 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str 
     """One line saying why the harness cannot run this point, or None. Estimate-only settings end here."""
     if workload.is_gguf:
         return f"GGUF {workload.weights} weights are estimate-only: the harness runs transformers models"
+    reason = quant_build.unsupported(spec, workload, device)  # a config's own quantization_config (issue 15)
+    if reason:
+        return reason
     if workload.kv_dtype != workload.dtype:
         return (f"a {workload.kv_dtype} KV cache with {workload.dtype} compute is estimate-only: "
                 "transformers' Dynamic/StaticCache store keys and values in the compute dtype")
-    if workload.weights != "none":
+    if workload.weights in _BNB_WEIGHTS:
         if importlib.util.find_spec("bitsandbytes") is None:
             return "bitsandbytes is not installed: pip install bitsandbytes"
         if device == "dry-run":
@@ -152,13 +157,15 @@ def _check_folder(path: Path) -> None:
         raise MemcalError(f"{path}: no *.safetensors files (memcal never loads pickled .bin weights)")
 
 
-def _from_pretrained(path: Path, workload: Workload, torch_device: str, trust_remote_code: bool):
+def _from_pretrained(path: Path, workload: Workload, torch_device: str, trust_remote_code: bool, spec=None):
     from transformers import AutoModelForCausalLM
     kwargs: dict[str, Any] = dict(dtype=TORCH_DTYPES[workload.dtype], device_map=torch_device,
                                   attn_implementation=ATTN_IMPL[workload.attention],
                                   use_safetensors=True, trust_remote_code=trust_remote_code)
-    if workload.weights != "none":
+    if workload.weights in _BNB_WEIGHTS:
         kwargs["quantization_config"] = _bnb_config(workload)
+    elif spec is not None and quant_build.checkpoint_method(spec, workload) == "bitsandbytes":
+        kwargs["quantization_config"] = quant_build.bnb_config(spec)
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
 
 
@@ -191,18 +198,27 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
     elif weights_path is not None:
         _check_folder(Path(weights_path))
         model = _from_pretrained(Path(weights_path), workload, torch_device, trust_remote_code)
-    elif workload.weights != "none":
+    elif workload.weights in _BNB_WEIGHTS or quant_build.checkpoint_method(spec, workload):
+        method = quant_build.checkpoint_method(spec, workload)
         folder = Path(tempfile.mkdtemp(prefix="memcal-random-"))
         try:  # random weights in the compute dtype, quantized on load like a real checkpoint
-            _random(_config(spec, workload), workload, "cpu").save_pretrained(folder, safe_serialization=True)
-            model = _from_pretrained(folder, workload, torch_device, False)
+            dense = _random(_config(spec, workload), workload, "cpu")
+            if method == "compressed-tensors":  # written compressed, as llm-compressor saves one
+                quant_build.compressed_checkpoint(dense, dict(spec.config["quantization_config"]), folder)
+            else:
+                dense.save_pretrained(folder, safe_serialization=True)
+            model = _from_pretrained(folder, workload, torch_device, False, spec)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        notes.append(f"random weights quantized to {workload.weights} on load (bitsandbytes)")
+        notes.append(f"random weights quantized to {method or workload.weights} on load "
+                     f"({'the checkpoint' + chr(39) + 's quantization_config' if method else 'bitsandbytes'})")
     else:
         model = _random(_config(spec, workload), workload, torch_device)
     model.eval()
-    if _warm_bnb_cpu(model, workload, torch_device):
+    if quant_build.checkpoint_method(spec, workload) == "compressed-tensors" and device != "dry-run":
+        _one_token(model)  # compressed-tensors decompresses every module on the first forward: the steady state
+        notes.append("compressed-tensors decompressed the weights on a warm-up forward; weights measured after it")
+    if _warm_bnb_cpu(model, workload, torch_device, spec):
         notes.append("bitsandbytes repacked the 4-bit weights for its CPU kernel on a warm-up forward "
                      "(absmax in bf16, double quantization undone); weights are measured after it")
     if spec.is_moe:
@@ -213,16 +229,22 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
                       fake_mode=fake_mode, weight_bytes=storages_bytes(weight_tensors(model)), notes=tuple(notes))
 
 
-def _warm_bnb_cpu(model, workload: Workload, torch_device: str) -> bool:
+def _one_token(model) -> None:
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long), attention_mask=None, use_cache=False)
+
+
+def _warm_bnb_cpu(model, workload: Workload, torch_device: str, spec: ModelSpec | None = None) -> bool:
     """bitsandbytes repacks 4-bit weights for its fused CPU kernel (AVX512-BF16) on their first
     forward, with a one-off transient of a few times the largest layer. The protocol measures the
     steady state, as it warms cuBLAS on CUDA: one 1-token forward before anything is measured."""
-    if torch_device != "cpu" or workload.weights not in ("nf4", "fp4"):
+    four_bit = workload.weights in ("nf4", "fp4") or (spec is not None and quant_build.checkpoint_method(
+        spec, workload) == "bitsandbytes" and spec.config["quantization_config"].get("load_in_4bit"))
+    if torch_device != "cpu" or not four_bit:
         return False
     if not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()):
         return False
-    with torch.no_grad():
-        model(input_ids=torch.zeros((1, 1), dtype=torch.long), attention_mask=None, use_cache=False)
+    _one_token(model)
     return True
 
 

@@ -19,7 +19,8 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=0, help="tokens to generate (phase generate)")
     p.add_argument("--dtype", default=None, help="compute dtype: fp32, fp16, bf16 (default bf16)")
     p.add_argument("--weights", default=None,
-                   help="weight quantization: none, int8, nf4, fp4 (bitsandbytes) or a GGUF type, e.g. Q4_K_M")
+                   help="weight format: by default the checkpoint's quantization_config (none: dense); dense forces "
+                        "the dense model; int8, nf4, fp4 (bitsandbytes); gptq, awq, fp8, mxfp4; or a GGUF type, e.g. Q4_K_M")
     p.add_argument("--double-quant", action="store_true", help="bitsandbytes 4-bit double quantization")
     p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: the compute dtype)")
     p.add_argument("--attention", default=None, help="eager, sdpa or flash (default sdpa)")
@@ -46,6 +47,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"),
                    help="where it runs, where that changes memory (bitsandbytes 4-bit on CPU)")
     p.add_argument("--os", default="linux", help="linux, windows or macos (the 001 seed's overhead)")
+    p.add_argument("--bnb-compute-dtype", default=None, metavar="DTYPE",
+                   help="bitsandbytes 4-bit compute dtype (default: the config's bnb_4bit_compute_dtype, whose "
+                        "transformers default is fp32; for --weights nf4/fp4 the --dtype); changes the CUDA estimate")
+    p.add_argument("--gguf-file", default=None, metavar="FILE",
+                   help="a .gguf file: memcal's weights are the exact total of its tensor table (needs the gguf package)")
     p.add_argument("--unit", default="GiB", choices=("GiB", "GB"), help="display unit (default GiB)")
     p.add_argument("--json", action="store_true", help="print JSON (all sizes in bytes)")
     p.add_argument("--calibration", default=None, metavar="FILE",
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.model and not args.interactive:
         raise MemcalError("name a model (see `memcal models`), a config.json or a model folder")
     options = Options(parameters=_params(args.params), os=args.os, kv_cache=not args.no_kv_cache,
-                      device=args.device)
+                      device=args.device, bnb_compute_dtype=args.bnb_compute_dtype, gguf_file=args.gguf_file)
     if args.interactive:
         from estimator.formulas import interactive_calculator
         from memcal.commands import interactive
@@ -80,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")  # shown in the output, once
         result = estimate(spec, workload, formulas=args.formula, options=options,
                           calibration=getattr(args, "calibration", None))
+    from estimator import quant
+    for warning in quant.scheme_for(result.spec, result.workload).warnings:  # never silent (issue 15)
+        print(f"memcal: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
