@@ -81,6 +81,7 @@ def _weight_format(spec: ModelSpec, workload: Workload, options: Options) -> dic
 def _seed_note(spec: ModelSpec, workload: Workload, breakdowns: dict[str, Breakdown]) -> dict[str, Breakdown]:
     """The seed formulas take no quantization_config: say so where the checkpoint has one they price dense."""
     from dataclasses import replace as _replace
+
     from . import quant
     scheme = quant.scheme_for(spec, workload)
     if scheme.origin != "quantization_config" or scheme.method == "dense":

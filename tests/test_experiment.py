@@ -156,7 +156,8 @@ def test_cpu_grid_covers_what_the_issue_asks():
 def test_dryrun_catalogue_covers_every_catalogue_model():
     exp = load_experiment(EXPERIMENTS / "dryrun-catalogue.toml")
     # quantized checkpoints (a quantization_config) are estimate-only on the dry run: it cannot quantize
-    assert {p.model for p in exp.points} == {r for r, e in entries().items() if "quantization_config" not in e["config"]}
+    dense = {r for r, e in entries().items() if "quantization_config" not in e["config"]}
+    assert {p.model for p in exp.points} == dense
     assert {p.workload.batch for p in exp.points} == {1, 4, 16}
     assert {p.workload.dtype for p in exp.points} == {"bf16"}
     assert min(p.workload.prompt_len for p in exp.points) == 512

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("torch")
+from harness_helpers import quiet, tiny  # noqa: E402
+
 from estimator import Workload  # noqa: E402
 from estimator.formulas import memcal  # noqa: E402
 from estimator.spec import load_spec  # noqa: E402
 from harness.measure import measure  # noqa: E402
-from harness_helpers import quiet, tiny  # noqa: E402
 
 quiet()
 

@@ -16,7 +16,8 @@ from estimator import Options, Workload, estimate, quant
 from estimator.catalogue import entries
 from estimator.formulas import memcal
 from estimator.quant import gguf as g
-from estimator.quant.price import gguf_tensors, parameter_bytes as price
+from estimator.quant.price import gguf_tensors
+from estimator.quant.price import parameter_bytes as price
 from estimator.spec import load_spec, spec_from_dict
 
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -59,9 +60,12 @@ def test_bnb_explicit_skip_list_replaces_the_default_skips():
 
 
 @pytest.mark.parametrize("name, patterns, converted", [
-    ("model.layers.1.mlp.gate_proj", ["model.layers.1"], False), ("model.layers.11.mlp.gate_proj", ["model.layers.1"], True),
-    ("model.layers.11.self_attn.q_proj", [r"model.layers.*"], False), ("model.layers.0.mlp.gate_proj", ["mlp.gate"], True),
-    ("model.layers.0.mlp.gate", ["mlp.gate"], False), ("lm_head", ["lm_head"], False), ("model.decoder.fc1", ["fc1"], False)])
+    ("model.layers.1.mlp.gate_proj", ["model.layers.1"], False),
+    ("model.layers.11.mlp.gate_proj", ["model.layers.1"], True),
+    ("model.layers.11.self_attn.q_proj", [r"model.layers.*"], False),
+    ("model.layers.0.mlp.gate_proj", ["mlp.gate"], True),
+    ("model.layers.0.mlp.gate", ["mlp.gate"], False), ("lm_head", ["lm_head"], False),
+    ("model.decoder.fc1", ["fc1"], False)])
 def test_should_convert_is_transformers_rule(name, patterns, converted):
     assert quant.should_convert(name, patterns) is converted
     utils = pytest.importorskip("transformers.quantizers.quantizers_utils")
@@ -78,7 +82,8 @@ def test_gptq_module_layout_by_hand():
     # 3-bit packs 32 codes in 3 words; group_size -1 is one group of in_features; 8-bit 4 codes a word
     assert quant.module_tensors("gptq", 4096, 4096, False, {"bits": 3, "group_size": -1}, 2)[:3] == \
         [("qweight", 4, (384, 4096)), ("qzeros", 4, (1, 384)), ("scales", 2, (1, 4096))]
-    assert quant.module_tensors("gptq", 4096, 1024, False, {"bits": 8, "group_size": 32}, 2)[1] == ("qzeros", 4, (128, 256))
+    qzeros = quant.module_tensors("gptq", 4096, 1024, False, {"bits": 8, "group_size": 32}, 2)[1]
+    assert qzeros == ("qzeros", 4, (128, 256))
 
 
 def test_gptq_whole_model_converts_the_block_linears_only():
@@ -86,7 +91,8 @@ def test_gptq_whole_model_converts_the_block_linears_only():
     s = spec(qc, QWEN7, "qwen-gptq")
     h, kv, inter, L, V = 3584, 512, 18944, 28, 152064
     def module(i, o, b):
-        return sum(by * math.prod(sh) for _, by, sh in quant.module_tensors("gptq", i, o, b, {"bits": 4, "group_size": 128}, 2))
+        tensors = quant.module_tensors("gptq", i, o, b, {"bits": 4, "group_size": 128}, 2)
+        return sum(by * math.prod(sh) for _, by, sh in tensors)
     per_layer = module(h, h, True) + 2 * module(h, kv, True) + module(h, h, False) + 2 * module(h, inter, False) \
         + module(inter, h, False) + 2 * h * 2                      # + two RMSNorm weights, bf16
     expected = L * per_layer + 2 * V * h * 2 + h * 2               # embed_tokens + lm_head + final norm, bf16
@@ -123,20 +129,12 @@ def test_fp8_blocks_and_device_fallback():
 
 @pytest.fixture
 def gpt_oss():
-    """gpt-oss-20b's config; the gpt_oss record from tests/quant_families where the table lacks it (removed after)."""
-    from pathlib import Path
-    from estimator import families
-    folder = Path(__file__).parent / "quant_families"
-    added = families.get("gpt_oss") is None
-    if added:
-        families.add_path(folder)
-    yield {"model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880, "num_hidden_layers": 24,
+    """gpt-oss-20b's config."""
+    return {"model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880, "num_hidden_layers": 24,
             "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 201088,
             "num_local_experts": 32, "num_experts_per_tok": 4, "tie_word_embeddings": False,
             "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
                 "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}}
-    if added:
-        families.remove_path(folder)
 
 
 def test_mxfp4_experts_blocks_and_scales(gpt_oss):
@@ -177,7 +175,8 @@ def test_ggml_type_table_is_ggufs():
     for t, (block, size) in constants.GGML_QUANT_SIZES.items():
         if t.name in g.GGML_TYPES:
             assert g.GGML_TYPES[t.name] == (block, size), t.name
-    assert g.GGML_TYPES["Q4_0"] == (32, 18) and g.GGML_TYPES["Q4_K"] == (256, 144) and g.GGML_TYPES["Q6_K"] == (256, 210)
+    assert g.GGML_TYPES["Q4_0"] == (32, 18) and g.GGML_TYPES["Q4_K"] == (256, 144)
+    assert g.GGML_TYPES["Q6_K"] == (256, 210)
 
 
 def _summary(s, ftype):
@@ -262,7 +261,8 @@ def test_unknown_quant_method_warns_and_is_named(capsys):
     ({"quant_method": "fp8", "modules_to_convert": ["embed_tokens"]}, "modules_to_convert"),
     ({"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_has_fp16_weight": True}, "has_fp16_weight"),
     ({**W4A16, "kv_cache_scheme": {"num_bits": 8}}, "kv_cache_scheme"),
-    ({"quant_method": "torchao", "quant_type": {"default": {"_type": "Float8WeightOnlyConfig"}}}, "Float8WeightOnlyConfig")])
+    ({"quant_method": "torchao", "quant_type": {"default": {"_type": "Float8WeightOnlyConfig"}}},
+     "Float8WeightOnlyConfig")])
 def test_unmodelled_options_warn(qc, option):
     assert any(option in w for w in estimate({**TINY, "quantization_config": qc}, batch=1, seq=8).warnings)
 

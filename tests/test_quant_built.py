@@ -62,9 +62,10 @@ CT_GROUPS = {
 def test_compressed_tensors_checkpoint_loaded_and_decompressed(name, tmp_path):
     pytest.importorskip("compressed_tensors")
     from transformers import AutoModelForCausalLM
+
+    from harness.measure import storages_bytes
     from harness.measure._build import _config, _random, weight_tensors
     from harness.measure._quant_build import compressed_checkpoint
-    from harness.measure import storages_bytes
     qc = {**CT, **CT_GROUPS[name]}
     spec = spec_from_dict({**TINY, "quantization_config": qc}, "tiny-ct")
     w = Workload(dtype="bf16", prompt_len=8)
@@ -116,6 +117,7 @@ def test_fine_grained_fp8_layers_as_transformers_builds_them(family, extra, bloc
 
 def test_mxfp4_experts_as_transformers_builds_them():
     from types import SimpleNamespace
+
     from transformers.integrations.mxfp4 import Mxfp4GptOssExperts
     with torch.device("meta"):
         experts = Mxfp4GptOssExperts(SimpleNamespace(num_local_experts=32, intermediate_size=2880, hidden_size=2880))

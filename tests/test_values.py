@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
+from harness_helpers import quiet  # noqa: E402
 from torch._subclasses.fake_tensor import DataDependentOutputException  # noqa: E402
 
 from estimator.spec import load_spec  # noqa: E402
 from estimator.workload import Workload  # noqa: E402
 from harness.measure import DryRunMode, KnownValues, build_model, run_point  # noqa: E402
-from harness_helpers import quiet  # noqa: E402
 
 quiet()
 

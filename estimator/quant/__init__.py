@@ -63,8 +63,8 @@ def describe(spec, workload, device: str | None = None) -> tuple[str, tuple[str,
 
 def _method_notes(spec, scheme: Scheme, workload, device, why) -> list[str]:
     if scheme.method == "compressed-tensors" and not why:
-        from .price import parameter_bytes as price
         from ..params import parameter_layout
+        from .price import parameter_bytes as price
         dense = parameter_layout(spec).parameters * workload.dtype_bytes
         loaded = price(spec, scheme, workload.dtype_bytes, dense, device, loaded=True)
         return [f"transformers loads it compressed ({loaded:,} B of parameters) and compressed-tensors "

@@ -44,7 +44,8 @@ def read_groups(qc: Mapping, warn: list[str]) -> tuple[list[dict], list[str]]:
         bits, kind, strategy = int(w.get("num_bits", 8)), w.get("type", "int"), w.get("strategy", "tensor")
         fmt = _format(scheme, w)
         if strategy not in ("tensor", "channel", "group", "block"):
-            warn.append(f"compressed-tensors strategy {strategy!r} (group {name!r}) is not modelled: priced per channel")
+            warn.append(f"compressed-tensors strategy {strategy!r} (group {name!r}) is not modelled: "
+                        "priced per channel")
         if fmt not in _PACKED + _PLAIN:
             warn.append(f"compressed-tensors format {fmt!r} is not modelled: priced as pack-quantized")
             fmt = "pack-quantized"

@@ -134,7 +134,8 @@ def _compressed(qc: Mapping, warn: list[str]) -> Scheme:
     from .compressed import read_groups
     groups, notes = read_groups(qc, warn)
     if qc.get("kv_cache_scheme"):
-        warn.append("compressed-tensors kv_cache_scheme (a quantized KV cache) is not modelled: KV priced in --kv-dtype")
+        warn.append("compressed-tensors kv_cache_scheme (a quantized KV cache) is not modelled: "
+                    "KV priced in --kv-dtype")
     if qc.get("sparsity_config"):
         warn.append("compressed-tensors sparsity_config is not modelled: sparse weights priced dense-quantized")
     kinds = ", ".join(sorted({g["label"] for g in groups})) or "no group"

@@ -23,7 +23,8 @@ from ._protocol import Session, measuring, settle
 from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
-__all__ = ["FAST_KEY_SUPPORTED", "TORCH_DTYPES", "BuiltModel", "KnownValues", "CpuProbe", "CudaProbe", "DryRunMode", "DryRunProbe",
+__all__ = ["FAST_KEY_SUPPORTED", "TORCH_DTYPES", "BuiltModel", "KnownValues", "CpuProbe", "CudaProbe",
+           "DryRunMode", "DryRunProbe",
            "MpsProbe", "Probe", "Session", "Snapshot", "StorageTracker", "build_failure", "build_model",
            "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "measure", "measurement_json",
            "measurement_text", "measuring", "record_status", "run_phase", "run_point", "settle", "storages_bytes",

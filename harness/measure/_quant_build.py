@@ -29,7 +29,8 @@ def checkpoint_method(spec, workload) -> str | None:
 def unsupported(spec, workload, device: str) -> str | None:
     """One line: why this checkpoint's quantization cannot be built here, or None."""
     if workload.weights in quant.scheme.METHOD_FLAGS:
-        return f"--weights {workload.weights} is estimate-only: the harness builds quantized models from a config's quantization_config"
+        return (f"--weights {workload.weights} is estimate-only: "
+                "the harness builds quantized models from a config's quantization_config")
     method = checkpoint_method(spec, workload)
     if method is None:
         return None
@@ -38,7 +39,8 @@ def unsupported(spec, workload, device: str) -> str | None:
         return (f"the checkpoint's {method} quantization is estimate-only here (no CPU build of its layers); "
                 "--weights dense measures the dense model")
     if importlib.util.find_spec(package) is None:
-        return f"the checkpoint's {method} quantization needs the {package} package: pip install {package.replace('_', '-')}"
+        return (f"the checkpoint's {method} quantization needs the {package} package: "
+                f"pip install {package.replace('_', '-')}")
     if device in ("dry-run", "mps"):
         return f"{method} checkpoints are built on cpu or cuda: the {device} device cannot quantize"
     return None

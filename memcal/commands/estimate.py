@@ -20,7 +20,8 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="compute dtype: fp32, fp16, bf16 (default bf16)")
     p.add_argument("--weights", default=None,
                    help="weight format: by default the checkpoint's quantization_config (none: dense); dense forces "
-                        "the dense model; int8, nf4, fp4 (bitsandbytes); gptq, awq, fp8, mxfp4; or a GGUF type, e.g. Q4_K_M")
+                        "the dense model; int8, nf4, fp4 (bitsandbytes); gptq, awq, fp8, mxfp4; "
+                        "or a GGUF type, e.g. Q4_K_M")
     p.add_argument("--double-quant", action="store_true", help="bitsandbytes 4-bit double quantization")
     p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: the compute dtype)")
     p.add_argument("--attention", default=None, help="eager, sdpa or flash (default sdpa)")
@@ -51,7 +52,8 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="bitsandbytes 4-bit compute dtype (default: the config's bnb_4bit_compute_dtype, whose "
                         "transformers default is fp32; for --weights nf4/fp4 the --dtype); changes the CUDA estimate")
     p.add_argument("--gguf-file", default=None, metavar="FILE",
-                   help="a .gguf file: memcal's weights are the exact total of its tensor table (needs the gguf package)")
+                   help="a .gguf file: memcal's weights are the exact total of its tensor table "
+                        "(needs the gguf package)")
     p.add_argument("--unit", default="GiB", choices=("GiB", "GB"), help="display unit (default GiB)")
     p.add_argument("--json", action="store_true", help="print JSON (all sizes in bytes)")
     p.add_argument("--calibration", default=None, metavar="FILE",
