@@ -46,7 +46,11 @@ class LayerCache:
 
 def _build(spec: ModelSpec, attention: str) -> LayerCache:
     record = spec.record
-    entry = record.cache.get(attention) if record else None
+    if record is None:  # a model_type without a record: key and value of kv_heads x head_dim per position
+        width = spec.num_kv_heads * spec.head_dim
+        sliding = attention == "sliding_attention" and spec.sliding_window
+        return LayerCache("sliding" if sliding else "full", width, width, spec.sliding_window if sliding else None)
+    entry = record.cache.get(attention)
     if entry is None:
         raise MemcalError(f"model type {spec.family!r}: layers of kind {attention!r} have no cache record "
                           f"in {record.path if record else 'the architecture table'}")

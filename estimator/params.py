@@ -307,14 +307,21 @@ def _layout(spec) -> ParamLayout:
         other_params=sum(t.elements for t in tensors if t.kind == "param"), tensors=tensors)
 
 
+def attach_layout(spec, layout: ParamLayout) -> None:
+    """Give a spec without a record the layout read from its model (harness.measure.meta_layout: the
+    model transformers builds on the meta device), so that memcal prices it exactly."""
+    object.__setattr__(spec, "_layout", layout)
+
+
 def parameter_layout(spec) -> ParamLayout:
-    """The parameter groups of `spec`'s architecture; MemcalError for a model_type without a record."""
-    if spec.record is None:
+    """The parameter groups of `spec`'s architecture; MemcalError for a model_type without a record
+    whose layout was not read from the model (`attach_layout`)."""
+    cached = spec.__dict__.get("_layout")  # a spec is immutable: its layout is computed once
+    if cached is None and spec.record is None:
         raise MemcalError(
             f"model type {spec.family!r} has no record in memcal's architecture table: its parameter layout is "
-            "derived from the model on the meta device when torch and transformers are installed "
+            "read from the model on the meta device when torch and transformers are installed "
             "(pip install torch transformers), or give the seed formulas a count with --params")
-    cached = spec.__dict__.get("_layout")  # a spec is immutable: its layout is computed once
     if cached is None:
         cached = _layout(spec)
         object.__setattr__(spec, "_layout", cached)

@@ -16,11 +16,13 @@ static (a static cache). DTYPE is
 ``e`` (the compute dtype), ``kv`` (the cache dtype) or a fixed one (``f32``, ``i64``, ``i32``,
 ``bool``, ``f16``, ``bf16``).
 
-A forward runs ``prologue``, then each layer's program (``layer."<attention kind>/<mlp kind>[/<variant>]"``), then
+A forward runs ``prologue``, then each layer's program (``layer."<attention kind>/<mlp kind>[/<variant>]"``, or
+``layer."*"`` for any kind: the generic decoder program of ``_generic.toml``), then
 ``epilogue``. IDs are local to their part; the tensors a part names ``outN`` live on and are
 ``inN`` to the next part (the prologue's to the first layer, a layer's to the next, the last layer's
 to the epilogue; freeing an ``in`` that does not exist does nothing), and any part may free a
-prologue tensor as ``pro.ID``. Programs are derived from dry-run traces by tools/derive_program.py, never typed.
+prologue tensor as ``pro.ID``. A family's program is derived from dry-run traces by tools/derive_program.py,
+never typed; a family without one is replayed with the generic program (written, approximate, and said so).
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ from .errors import MemcalError
 from .expr import ExprError, evaluate, names
 
 DTYPES = {"f32": 4, "i64": 8, "i32": 4, "bool": 1, "f16": 2, "bf16": 2, "u8": 1, "i8": 1}
-_STEP = re.compile(r"^(?:\[(?P<cond>.*)\]\s*)?(?P<body>.*)$")
 _ALLOC = re.compile(r"^\+(?P<id>[\w.]+)\s+(?P<op>\S+)\s+\((?P<shape>.*)\)\s+(?P<dtype>\w+)$")
 _RELEASE = re.compile(r"^~\s*\((?P<shape>.*)\)\s+(?P<dtype>\w+)$")
 
@@ -64,9 +65,20 @@ def _split_shape(text: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def _split_cond(text: str) -> tuple[str | None, str]:
+    """A step's leading ``[COND]`` (brackets inside it balanced, e.g. ``g_moe[i]``) and its body."""
+    if not text.startswith("["):
+        return None, text
+    depth = 0
+    for n, ch in enumerate(text):
+        depth += (ch == "[") - (ch == "]")
+        if depth == 0:
+            return text[1:n], text[n + 1:].strip()
+    raise MemcalError(f"program step {text!r}: unbalanced brackets in its condition")
+
+
 def parse_step(text: str) -> Step:
-    m = _STEP.match(text.strip())
-    cond, body = m.group("cond"), m.group("body").strip()
+    cond, body = _split_cond(text.strip())
     if body.startswith("+"):
         a = _ALLOC.match(body)
         if not a:
@@ -87,12 +99,25 @@ class Program:
     epilogue: tuple[Step, ...]
 
 
+def is_generic(spec) -> bool:
+    """True when `spec`'s record has no forward program of its own (or the table has no record), or its
+    program has no steps for one of the spec's kinds of layer: memcal replays the generic decoder
+    program of ``_generic.toml``, an approximation."""
+    cached = spec.__dict__.get("_generic_program")
+    if cached is None:
+        table = spec.record.program if spec.record is not None else None
+        cached = not table or not set(spec.layer_kinds) <= set(table.get("layer", {}))
+        object.__setattr__(spec, "_generic_program", cached)
+    return cached
+
+
 def program_of(spec) -> Program | None:
-    """The spec's forward program, parsed once (None when its record has none)."""
+    """The spec's forward program, parsed once: its record's own, else the generic decoder's."""
     cached = spec.__dict__.get("_program", False)
     if cached is not False:
         return cached
-    table = spec.record.program if spec.record is not None else None
+    from . import families
+    table = families.generic().program if is_generic(spec) else spec.record.program
     program = None
     if table:
         program = Program(tuple(parse_step(s) for s in table.get("prologue", ())),
@@ -216,11 +241,12 @@ def forward(spec, scope: Mapping[str, Any]) -> ForwardRun:
     compiled: dict[str, list] = {}
     effects: dict[tuple, tuple] = {}
     for i, kind in enumerate(spec.layer_kinds):
-        if kind not in program.layers:
+        steps = program.layers.get(kind, program.layers.get("*"))
+        if steps is None:
             raise MemcalError(f"the forward program of {spec.family!r} has no layer of kind {kind!r}")
-        per_layer = _reads_layer(program.layers[kind])
+        per_layer = _reads_layer(steps)
         if kind not in compiled or per_layer:
-            compiled[kind] = _compile(program.layers[kind], {**scope, "i": i})
+            compiled[kind] = _compile(steps, {**scope, "i": i})
         key = (kind, outs, tuple(sorted(pro.items())), i if per_layer else None)
         if key not in effects:
             effects[key] = _layer_effect(compiled[kind], outs, pro, f"layer {i} ({kind})")

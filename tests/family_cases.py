@@ -101,6 +101,7 @@ EXTRA: dict[str, Callable[[Pick, dict], None]] = {
     "gpt2": _gpt2,
     "gpt_bigcode": _bigcode,
     "mistral": sliding,
+    "phi3": sliding,
     "mixtral": moe("num_local_experts"),
     "qwen2": _qwen2,
     "gemma2": _gemma2,

@@ -147,3 +147,39 @@ def test_unknown_model_type_reads_generically_for_the_seeds():
     result = estimate(spec, batch=1, seq=128, params=1_000_000)
     assert result.breakdowns["per-token"].total_bytes > 0
     assert "memcal" in result.refusals and "\n" not in result.refusals["memcal"]
+
+
+def test_a_type_without_a_record_is_read_from_the_model_on_the_meta_device():
+    """OLMoE has no record: its layout comes from the model transformers builds on the meta device, so
+    memcal's weights equal the dry run's to the byte, its KV cache too; its activations replay the
+    generic decoder program, said so in the notes (an approximation: within 50 % of the dry run's)."""
+    pytest.importorskip("torch")
+    from estimator.params import attach_layout
+    from harness.measure import build_model, meta_layout, run_point
+    config = dict(model_type="olmoe", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                  num_hidden_layers=2, intermediate_size=48, vocab_size=300, num_experts=8, num_experts_per_tok=2)
+    spec = load_spec(config)
+    assert spec.generic and families.get("olmoe") is None
+    layout = meta_layout(spec)
+    assert layout.parameters == sum(p.numel() for p in meta_model(config).parameters())
+    attach_layout(spec, layout)
+    w = Workload(batch=2, prompt_len=32, dtype="bf16")
+    m = run_point(build_model(spec, w, "dry-run"), w)
+    b = memcal.estimate(spec, w)
+    assert b.weights_bytes == m.weights_bytes and b.kv_cache_bytes == m.kv_cache_bytes
+    assert any("generic decoder program" in n for n in b.notes)
+    assert abs(b.total_bytes - m.peak_tensor_bytes) <= 0.5 * (m.peak_tensor_bytes - m.weights_bytes)
+
+
+def test_estimate_prices_a_type_without_a_record(tmp_path, capsys):
+    """`memcal estimate` answers with memcal's row for a model_type the table lacks (no refusal)."""
+    pytest.importorskip("torch")
+    import json
+
+    from memcal.cli import main
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dict(model_type="olmoe", hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
+                                    intermediate_size=48, vocab_size=300, num_experts=8, num_experts_per_tok=2)))
+    assert main(["estimate", str(path), "--seq", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "memcal" in out["formulas"] and "memcal" not in out["refusals"]

@@ -163,5 +163,5 @@ def test_sdpa_past_a_sliding_window(family, kv_heads, batch, dry_run):
     m = dry_run(config, w)
     assert m.status == "ok", m.message
     b = memcal.estimate(load_spec(config), w)
-    assert b.notes[0] == "peak set by: attention" and "scaled_dot_product" in m.peak_op
+    assert "scaled_dot_product" in b.notes[0] and "scaled_dot_product" in m.peak_op, (b.notes[0], m.peak_op)
     assert 0 <= b.total_bytes - m.peak_tensor_bytes <= 1, (b.total_bytes, m.peak_tensor_bytes, m.peak_op)

@@ -18,13 +18,12 @@ they are searched first.
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
-
-import tomllib
 
 from ..errors import MemcalError
 
@@ -227,7 +226,8 @@ def generic() -> FamilyRecord:
         model_type="_generic", source=data.get("source", ""), path=path, declares_kv_heads=False,
         prefix="model", layers_path="layers", nulls=frozenset(), attribute_map=_frozen({}), checks=(),
         config=_frozen({}), dims=_frozen(data["dims"]), layers=_frozen(data["layers"]), cache=_frozen({}),
-        tensors=(), activations=_frozen({}), chain=("_generic",))
+        tensors=(), activations=_frozen({}), chain=("_generic",),
+        program=_frozen(data["program"]) if "program" in data else None)
 
 
 def known() -> list[str]:

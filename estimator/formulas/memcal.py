@@ -149,9 +149,29 @@ def _term(spec: ModelSpec, name: str):
     return evaluate(expr, spec.scope) if expr is not None else None
 
 
+def _generic_widths(spec: ModelSpec) -> dict:
+    """The widths the generic decoder program reads (``g_*``, estimator/families/_generic.toml)."""
+    cached = spec.__dict__.get("_generic_widths")
+    if cached is None:
+        h = spec.hidden_size
+        ffn = spec.intermediate_size or 4 * h
+        expert = next((spec.scope[k] for k in ("moe_inter", "expert_inter") if isinstance(spec.scope.get(k), int)), ffn)
+        cached = {"g_hidden": h, "g_heads": spec.num_heads, "g_kv_heads": spec.num_kv_heads,
+                  "g_head_dim": spec.head_dim, "g_vocab": spec.vocab_size or 0, "g_ffn": ffn, "g_expert": expert,
+                  "g_experts": max(spec.num_experts, 1), "g_top_k": max(spec.experts_per_token, 1),
+                  "g_moe": tuple(m == "moe" for m in spec.layer_mlp)}
+        caches = kv.layer_caches(spec)
+        cached.update(g_kvw=tuple(c.per_position() for c in caches),
+                      g_window=tuple(c.window if c.kind == "sliding" else 1 << 62 for c in caches),
+                      g_state=tuple(sum(n for n, _ in c.states) for c in caches))
+        object.__setattr__(spec, "_generic_widths", cached)
+    return cached
+
+
 def forward_scope(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> dict:
     """The variables a forward program runs under (estimator/program.py)."""
-    return {**spec.scope, "b": w.batch, "t": tokens, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes,
+    generic = _generic_widths(spec) if program.is_generic(spec) else {}
+    return {**spec.scope, **generic, "b": w.batch, "t": tokens, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes,
             "kvb": w.kv_bytes, "rows": w.batch if w.phase == "generate" else 1, "i": 0,
             **program.flags(spec, w, tokens, ctx, decode)}
 
@@ -230,6 +250,11 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
              coefficients: Coefficients = DEFAULT) -> Breakdown:
     activations, where = activation_bytes(spec, workload, coefficients)
     notes = [f"peak set by: {where}"]
+    if program.is_generic(spec):
+        what = "no forward program derived for" if spec.record is None or not spec.record.program else \
+            "a kind of layer the forward program was not derived for in"
+        notes.append(f"activations approximate: {what} {spec.family!r}, the generic decoder program replayed "
+                     "(tools/derive_program.py derives one; docs/formulas.md gives its error)")
     # --- quantized weights (estimator/quant, issue 15): the format priced, and bnb 4-bit's CUDA transient
     label, quant_notes, _ = quant.describe(spec, workload, options.device)
     notes += [f"weights: {label}", *quant_notes]

@@ -7,13 +7,12 @@ library file and function it was read from (``source``), so that a reader checks
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
-
-import tomllib
 
 from ..errors import MemcalError
 from ..expr import ExprError, evaluate

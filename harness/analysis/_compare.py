@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-
-import tomllib
 
 from estimator.errors import MemcalError
 from estimator.formulas import FORMULAS, Options, get

@@ -17,6 +17,7 @@ from ._env import capture, git_info
 from ._fakemode import FAST_KEY_SUPPORTED, DryRunMode
 from ._format import measurement_json, measurement_text
 from ._measure import build_failure, measure, record_status, run_point
+from ._meta import meta_layout
 from ._phases import cache_bytes, make_inputs, run_phase
 from ._probes import CpuProbe, CudaProbe, DryRunProbe, MpsProbe, Probe, Snapshot, get_probe
 from ._protocol import Session, measuring, settle
@@ -26,6 +27,7 @@ from ._values import KnownValues
 __all__ = ["FAST_KEY_SUPPORTED", "TORCH_DTYPES", "BuiltModel", "KnownValues", "CpuProbe", "CudaProbe",
            "DryRunMode", "DryRunProbe",
            "MpsProbe", "Probe", "Session", "Snapshot", "StorageTracker", "build_failure", "build_model",
-           "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "measure", "measurement_json",
+           "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "measure",
+           "meta_layout", "measurement_json",
            "measurement_text", "measuring", "record_status", "run_phase", "run_point", "settle", "storages_bytes",
            "unsupported_reason", "weight_tensors"]

@@ -32,11 +32,10 @@ import difflib
 import hashlib
 import itertools
 import json
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
-
-import tomllib
 
 from estimator.errors import MemcalError
 from estimator.spec import load_spec

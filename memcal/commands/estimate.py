@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         spec, workload, options = interactive.ask(args, workload_from_args(args), options, sys.stdin, sys.stdout)
         print(interactive_calculator.results_text(spec, workload, options) + "\n")
     else:
-        spec, workload = args.model, workload_from_args(args)
+        from memcal.commands._spec import resolve
+        spec, workload = resolve(args.model), workload_from_args(args)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # shown in the output, once

@@ -59,9 +59,9 @@ def _estimate(spec, workload):
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
                     load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False):
     """The verb as a plain function: (record, estimate)."""
-    from estimator.spec import load_spec
     from harness.measure import measure
-    spec = load_spec(model)
+    from memcal.commands._spec import resolve
+    spec = resolve(model)
     weights_path = None
     if load_weights:
         from pathlib import Path
