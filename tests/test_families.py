@@ -151,11 +151,13 @@ def test_unknown_model_type_reads_generically_for_the_seeds():
 
 def test_a_type_without_a_record_is_read_from_the_model_on_the_meta_device():
     """OLMoE has no record: its layout comes from the model transformers builds on the meta device, so
-    memcal's weights equal the dry run's to the byte, its KV cache too; its activations replay the
-    generic decoder program, said so in the notes (an approximation: within 50 % of the dry run's)."""
+    memcal's weights equal the dry run's to the byte; with the harness at hand (every verb) its
+    activation and KV terms are a dry run of the workload, so the total is exact and says so. With the
+    layout alone, the activations replay the generic decoder program (an approximation, said so)."""
     pytest.importorskip("torch")
     from estimator.params import attach_layout
     from harness.measure import build_model, meta_layout, run_point
+    from memcal.commands._spec import resolve
     config = dict(model_type="olmoe", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                   num_hidden_layers=2, intermediate_size=48, vocab_size=300, num_experts=8, num_experts_per_tok=2)
     spec = load_spec(config)
@@ -169,6 +171,11 @@ def test_a_type_without_a_record_is_read_from_the_model_on_the_meta_device():
     assert b.weights_bytes == m.weights_bytes and b.kv_cache_bytes == m.kv_cache_bytes
     assert any("generic decoder program" in n for n in b.notes)
     assert abs(b.total_bytes - m.peak_tensor_bytes) <= 0.5 * (m.peak_tensor_bytes - m.weights_bytes)
+    traced = resolve(load_spec(config))
+    for w in (w, Workload(batch=1, prompt_len=20, new_tokens=4, dtype="fp32", attention="eager")):
+        b = memcal.estimate(traced, w)
+        m = run_point(build_model(spec, w, "dry-run"), w)
+        assert b.total_bytes == m.peak_tensor_bytes and any("from a dry run" in n for n in b.notes)
 
 
 def test_estimate_prices_a_type_without_a_record(tmp_path, capsys):

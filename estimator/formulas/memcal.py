@@ -246,11 +246,27 @@ def activation_bytes(spec: ModelSpec, w: Workload, c: Coefficients = DEFAULT) ->
     return max(round(value), 0), where
 
 
+def attach_dry_run(spec: ModelSpec, run) -> None:
+    """For a model_type without a record: `run(workload)` traces that workload on fake tensors (the
+    harness's dry run; memcal/commands/_spec.py attaches it where torch is installed) and returns
+    {"activation": bytes, "kv": bytes, "where": op}; memcal's activation and KV terms are then its."""
+    object.__setattr__(spec, "_dry_run", run)
+
+
 def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
              coefficients: Coefficients = DEFAULT) -> Breakdown:
-    activations, where = activation_bytes(spec, workload, coefficients)
-    notes = [f"peak set by: {where}"]
-    if program.is_generic(spec):
+    traced = spec.__dict__.get("_dry_run") if spec.record is None else None
+    if traced is not None:
+        run = traced(workload)
+        activations = max(round(run["activation"] * coefficients.activation_scale
+                                + coefficients.activation_offset_bytes), 0)
+        notes = [f"peak set by: {run['where']}",
+                 f"activations and KV cache from a dry run of this workload: no record for {spec.family!r} "
+                 "(the model traced on fake tensors; weights from its meta-device layout)"]
+    else:
+        activations, where = activation_bytes(spec, workload, coefficients)
+        notes = [f"peak set by: {where}"]
+    if traced is None and program.is_generic(spec):
         what = "no forward program derived for" if spec.record is None or not spec.record.program else \
             "a kind of layer the forward program was not derived for in"
         notes.append(f"activations approximate: {what} {spec.family!r}, the generic decoder program replayed "
@@ -277,7 +293,7 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
     return Breakdown(
         formula=id, source=source,
         weights_bytes=weights,
-        kv_cache_bytes=kv_cache_bytes(spec, workload) if options.kv_cache else 0,
+        kv_cache_bytes=(run["kv"] if traced is not None else kv_cache_bytes(spec, workload)) if options.kv_cache else 0,
         activation_bytes=activations, overhead_bytes=coefficients.overhead_bytes,
         notes=tuple(notes),
     )
