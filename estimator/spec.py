@@ -109,6 +109,12 @@ class ModelSpec:
         """The position embedding is a table of max_position_embeddings rows (a hard limit)."""
         return bool(self.record and self.record.activations.get("learned_positions"))
 
+    @property
+    def default_attention(self) -> str:
+        """The attention implementation transformers picks for this architecture when none is asked:
+        sdpa, unless its model class does not support it (the record's ``[activations] attention``)."""
+        return str(self.record.activations.get("attention", "sdpa")) if self.record else "sdpa"
+
     def dim(self, name: str, default: Any = None) -> Any:
         """A named quantity of the record (or a config key), e.g. ``spec.dim("rotary_dim")``."""
         return self.scope.get(name, default)

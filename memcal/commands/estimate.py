@@ -24,16 +24,19 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
                         "or a GGUF type, e.g. Q4_K_M")
     p.add_argument("--double-quant", action="store_true", help="bitsandbytes 4-bit double quantization")
     p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: the compute dtype)")
-    p.add_argument("--attention", default=None, help="eager, sdpa or flash (default sdpa)")
+    p.add_argument("--attention", default=None,
+                   help="eager, sdpa or flash (default: what transformers picks for the architecture, "
+                        "sdpa where it supports it)")
     p.add_argument("--phase", default=None, help="prefill or generate (default: generate if --new-tokens)")
     p.add_argument("--cache", default="dynamic", help="KV cache implementation: dynamic or static")
 
 
-def workload_from_args(args: argparse.Namespace) -> Workload:
+def workload_from_args(args: argparse.Namespace, spec=None) -> Workload:
+    """The workload the flags ask for; an attention not asked is the one transformers picks for `spec`."""
     return Workload(batch=1 if args.batch is None else args.batch,
                     prompt_len=512 if args.seq is None else args.seq, new_tokens=args.new_tokens,
                     dtype=args.dtype or "bf16", weights=args.weights or "none", kv_dtype=args.kv_dtype,
-                    attention=args.attention or "sdpa",
+                    attention=args.attention or (spec.default_attention if spec is not None else "sdpa"),
                     phase=args.phase, cache=args.cache, double_quant=args.double_quant)
 
 
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         print(interactive_calculator.results_text(spec, workload, options) + "\n")
     else:
         from memcal.commands._spec import resolve
-        spec, workload = resolve(args.model), workload_from_args(args)
+        spec = resolve(args.model)
+        workload = workload_from_args(args, spec)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # shown in the output, once

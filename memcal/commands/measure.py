@@ -75,7 +75,8 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
 
 def run(args: argparse.Namespace) -> int:
     from harness.measure import measurement_json, measurement_text
-    workload = workload_from_args(args)
+    from memcal.commands._spec import resolve
+    workload = workload_from_args(args, resolve(args.model) if args.attention is None else None)
     record, est = measure_command(args.model, workload, device=args.device, memory_cap=_cap(args.memory_cap),
                                   load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
                                   isolate=args.isolate)
