@@ -1,21 +1,22 @@
 """The accuracy report: every formula's raw and calibrated error on measured data, as Markdown + HTML.
 
 `build_report(results, ...)` computes (`_compare`, `_fit`) and lays the numbers out
-as a list of blocks (headings, paragraphs, tables, images); `markdown(blocks)` and `html(blocks,
-images)` only format them. The Markdown holds no timestamp but the data's own provenance, so a report
-rebuilt from the same results file is the same text (tests/test_report.py compares one with
-checked-in expected text). Figures are PNG files next to report.md, and embedded (base64) in
-report.html, which is a standalone page.
+as a list of blocks (headings, paragraphs, tables, figures); `_render.markdown` and `_render.html`
+only format them. The Markdown holds no timestamp but the data's own provenance, so a report rebuilt
+from the same results file is the same text (tests/test_report.py compares one with checked-in
+expected text). Figures are SVG, inline in report.html only (a standalone page: no network).
 
-"Calibrated" means, unless a profile is given: factors fitted by the same procedure as `memcal fit`
-on points that exclude the one predicted (k-fold out-of-fold for the breakdown tables; the
-largest-workloads hold-out for the headline table). With ``calibration=`` a profile's factors are
-applied to every point instead (in-sample when it was fitted on these data: the report says so).
+The page reads top-down: the answers in words and the figure that shows them (`_answer`), where the
+data come from and what the words mean; then figures of the error against the workload and of the
+components; the per-point table; and every remaining table, collapsed.
+
+"Calibrated" means: factors fitted by the same procedure as `memcal fit` on points that exclude the
+one predicted (k-fold out-of-fold; the hold-out tables: fitted on the smaller workloads, tested on
+the largest). A profile fitted on other data is applied to every point instead; one fitted on these
+data gets its own (in-sample) table, but predicts nothing else: in-sample errors flatter.
 """
 from __future__ import annotations
 
-import base64
-import html as _html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,43 +30,45 @@ from estimator.format import human, pick_unit
 from estimator.formulas import FORMULAS, get
 
 from .._common import point_label
-from ._compare import TARGETS, comparison, error_stats, load_dataset
+from . import _answer as answer
+from ._compare import comparison, error_stats, load_dataset
 from ._fit import FitSettings, fit_dataset
+from ._render import html, markdown
 
 __all__ = ["Report", "build_report", "markdown", "html", "write_report", "report", "pct"]
 
 DIMENSIONS = (("architecture", "family"), ("precision", "precision"), ("attention", "attention"),
               ("phase", "phase"), ("batch", "batch"), ("length (prompt tokens)", "prompt_len"))
 SEEDS = ("per-token", "bit-width", "gqa-flash-notebook", "interactive-calculator", "gguf-cheat-sheet")
-# memcal's targets (issue 5): held-out median and max |relative error|, worst underestimate.
-TARGET_MEDIAN, TARGET_MAX, TARGET_UNDER = 0.005, 0.02, -0.01
 
 
 @dataclass
 class Report:
-    """A report's content: blocks to format, and its figures (file name -> PNG bytes)."""
+    """A report's content: blocks to format (see `_render`), its figures (name -> SVG text), the per-point
+    table's data, and the data files written beside it."""
 
     name: str
     blocks: list[tuple] = field(default_factory=list)
-    images: dict[str, bytes] = field(default_factory=dict)
+    figures: dict[str, str] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)   # data files written beside the report (CSV)
+    points: dict[str, Any] | None = None
 
-    def h(self, level: int, text: str) -> None:
-        self.blocks.append(("h", level, text))
+    def h(self, level: int, text: str, collapsed: bool = False) -> None:
+        self.blocks.append(("h", level, text, collapsed))
 
-    def p(self, text: str) -> None:
-        self.blocks.append(("p", text))
+    def p(self, text: str, intro: bool = False) -> None:
+        self.blocks.append(("p", text, intro))
 
-    def items(self, items: Sequence[str]) -> None:
-        self.blocks.append(("list", list(items)))
+    def items(self, items: Sequence[str], css: str = "") -> None:
+        self.blocks.append(("list", list(items), css))
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> None:
         align = align or "l" + "r" * (len(header) - 1)
         self.blocks.append(("table", list(header), [[str(c) for c in r] for r in rows], align))
 
-    def image(self, name: str, png: bytes, alt: str) -> None:
-        self.images[name] = png
-        self.blocks.append(("image", name, alt))
+    def figure(self, name: str, svg: str, alt: str) -> None:
+        self.figures[name] = svg
+        self.blocks.append(("figure", name, alt))
 
 
 # --- number formats (display only) -----------------------------------------------------------------
@@ -117,23 +120,26 @@ def build_report(results: Iterable[str | Path], *, calibration: Any = None, form
     target = settings.target
     raw = comparison(dataset, formulas, target=target, predictions={f: x.raw for f, x in fitted.fits.items()})
     oof = comparison(dataset, formulas, target=target, predictions={f: x.out_of_fold for f, x in fitted.fits.items()})
+    in_sample = profile is not None and (profile.data or {}).get("fingerprint") == dataset.fingerprint
     cal, cal_label = oof, "calibrated (k-fold)"
-    if profile is not None:
+    cal_words = (f"each point predicted with factors fitted on the other points ({settings.folds}-fold: "
+                 "fitted without the point's fold)")
+    if profile is not None and not in_sample:
         cal, cal_label = comparison(dataset, formulas, calibration=profile, target=target), "calibrated (profile)"
+        cal_words = f"with the factors of the profile `{profile.name}`, fitted on other data"
     rep = Report(name or (results[0].stem if len(results) == 1 else "report"))
     rep.tables["comparison.csv"] = _comparison_csv(raw, cal)
     rep.h(1, f"memcal accuracy report: {rep.name}")
-    rep.p(f"Every error compares a formula's total with the measured **{target}-level peak** "
-          f"(`{TARGETS[target]}`{': live tensor storages, weights included' if target == 'tensor' else ''}). "
-          "Error = (predicted − measured) / measured; median, p95 and max are of its absolute value; bias is its "
-          "mean; under is the share of points a formula underestimates; worst under is its most negative value.")
-    _data_section(rep, dataset)
+    _first_screen(rep, dataset, raw, cal, formulas, target, cal_label, cal_words)
+    _figures_section(rep, raw, cal, formulas, cal_label)
+    _points_section(rep, raw, cal, formulas, cal_label)
+    _summary_section(rep, fitted, formulas, profile, dataset)
     _calibration_section(rep, fitted, profile, dataset)
-    _summary_section(rep, fitted, formulas, profile, cal)
-    _plots_section(rep, raw, cal, formulas, cal_label)
+    _data_section(rep, dataset)
     _components_section(rep, raw, formulas)
     _memcal_section(rep, raw, oof, formulas)
     _audit_section(rep, raw, dataset, formulas)
+    rep.h(2, "Error by architecture, precision, attention, phase, batch and length: tables", collapsed=True)
     for fid in formulas:
         _formula_section(rep, fid, raw, cal, cal_label)
     _excluded_section(rep, dataset)
@@ -154,8 +160,74 @@ def _comparison_csv(raw, cal) -> str:
     return out.to_csv(index=False, lineterminator="\n", float_format="%.9g")
 
 
+def _first_screen(rep: Report, dataset, raw, cal, formulas, target, cal_label, cal_words) -> None:
+    """The answer in words, the figure that shows it, then where the data come from and the terms."""
+    n_models = len(dataset.specs)
+    rep.p(f"How well {len(formulas)} formula{'s' if len(formulas) != 1 else ''} predict the memory that "
+          f"{len(dataset.points)} measured workloads of {n_models} model{'s' if n_models != 1 else ''} needed: the "
+          f"**{answer.TARGET_WORDS[target]}** (defined below).", intro=True)
+    stats = {f: _frame_stats(raw[raw["formula"] == f]) for f in formulas}
+    cstats = {f: _frame_stats(cal[cal["formula"] == f]) for f in formulas}
+    rep.blocks.append(("answers", answer.answers(stats, cstats, formulas, cal_words, pct)))
+    from . import _plots as plots
+    rep.figure("error_distribution.svg", plots.error_distribution(raw, cal, formulas, cal_label),
+               "error of each formula's total over all points, as written (grey) and calibrated (blue): box = the "
+               "middle half of the points, whiskers = 5th to 95th percentile, dots = the extremes, median in black")
+    rep.h(2, "The data")
+    rep.items(answer.provenance(dataset, pct), "prov")
+    mixed = answer.mixed_devices(dataset, target)
+    if mixed:
+        rep.p(mixed)
+    differences = [d for d in dataset.environment_differences() if ": device: " not in d or not mixed]
+    if differences:
+        rep.p("The files come from different software or hardware (compared here together, not as one): "
+              + "; ".join(differences) + ".")
+    rep.items(answer.terms(target, cal_words), "terms")
+
+
+def _figures_section(rep: Report, raw, cal, formulas, cal_label) -> None:
+    from . import _plots as plots
+    rep.h(2, "How the error depends on the workload")
+    rep.p("Error of the total against one workload setting at a time: dots and lines are the median over the points "
+          "with that setting, bars span the 5th to the 95th percentile; as written on the left, calibrated on the "
+          "right.")
+    for name, column, title in (("length", "prompt_len", "prompt length (tokens)"), ("batch", "batch", "batch size"),
+                                ("architecture", "family", "architecture"), ("precision", "precision", "precision")):
+        if raw[column].nunique() > 1:
+            rep.figure(f"error_by_{name}.svg", plots.error_by(raw, cal, formulas, column, title, cal_label),
+                       f"error of the total by {title}")
+    rep.h(2, "What each formula predicts, component by component")
+    rep.p("For a few workloads (the largest prefill, the largest generate, a middle one): each component on its own "
+          "scale, the measured bar in black and a dashed line at the measured value; every bar is labelled with its "
+          "size. A bar cut at the edge (▶) is more than three times the measured value.")
+    rep.figure("components.svg", plots.component_panels(raw, _showcase(raw), formulas),
+               "predicted and measured components for a few workloads (as written)")
+
+
+def _points_section(rep: Report, raw, cal, formulas, cal_label) -> None:
+    rep.h(2, "Every point")
+    rep.blocks.append(("points",))
+    pts = raw.drop_duplicates(["source", "point_id"]).sort_values(["model", "point_id"], kind="mergesort")
+    key = list(zip(raw["source"], raw["point_id"], raw["formula"]))
+    praw = dict(zip(key, raw["p_total"]))
+    pcal = dict(zip(zip(cal["source"], cal["point_id"], cal["formula"]), cal["p_total"]))
+    rows = []
+    for _, r in pts.iterrows():
+        k = (r["source"], r["point_id"])
+        rows.append([r["model"], r["device"], r["precision"], r["attention"], r["phase"], int(r["batch"]),
+                     int(r["prompt_len"]), int(r["new_tokens"]) if r["phase"] == "generate" else 0, int(r["m_total"]),
+                     [_int(praw.get((*k, f))) for f in formulas], [_int(pcal.get((*k, f))) for f in formulas]])
+    best = min(formulas, key=lambda f: (_frame_stats(raw[raw["formula"] == f]).get("max", 0), f)) if formulas else ""
+    rep.points = {"formulas": list(formulas), "default": best, "cal_label": cal_label, "data": {
+        "formulas": list(formulas), "rows": rows}}
+
+
+def _int(v) -> int | None:
+    return None if v is None or v != v else int(v)
+
+
 def _data_section(rep: Report, dataset) -> None:
-    rep.h(2, "Data")
+    rep.h(2, "Data files", collapsed=True)
     rows = [[Path(s["path"]).name, s.get("experiment"), s.get("fingerprint"),
              f"{s.get('device')}: {s.get('device_name')}", s.get("torch"), s.get("transformers"), s.get("bitsandbytes"),
              (s.get("commit") or "")[:10] + (" (dirty)" if s.get("dirty") else ""), s.get("created"), s.get("records"),
@@ -163,22 +235,11 @@ def _data_section(rep: Report, dataset) -> None:
             for s in dataset.sources]
     rep.table(["file", "experiment", "fingerprint", "device", "torch", "transformers", "bitsandbytes", "commit",
                "created", "records", "ok"], rows, "lllllllllrr")
-    counts: dict[str, int] = {}
-    for e in dataset.excluded:
-        counts[e["status"]] = counts.get(e["status"], 0) + 1
-    excluded = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
-    rep.p(f"{len(dataset.points)} points used (status ok; one per point id, the median repeat). "
-          f"Excluded records: {excluded} (listed at the end). Data fingerprint `{dataset.fingerprint}`; "
-          f"{len(dataset.specs)} models.")
-    differences = dataset.environment_differences()
-    if differences:
-        rep.p("The files come from different environments (compared here together, not as one): "
-              + "; ".join(differences) + ".")
 
 
 def _calibration_section(rep: Report, fitted, profile, dataset) -> None:
     s = fitted.settings
-    rep.h(2, "Calibration")
+    rep.h(2, "Calibration: method and factors", collapsed=True)
     hold = next(iter(fitted.fits.values())).errors["holdout"]
     text = (f"Fit: {s.method} on the relative error of the total (activation term: scale ≥ 0 and offset; overhead "
             f"term: fitted to what the {s.target} level holds beyond live tensors). Held out: per model, the largest "
@@ -205,13 +266,16 @@ def _calibration_section(rep: Report, fitted, profile, dataset) -> None:
                "coefficients"], rows, "lrrrrl")
 
 
-def _summary_section(rep: Report, fitted, formulas, profile, cal) -> None:
-    rep.h(2, "Summary")
+def _summary_section(rep: Report, fitted, formulas, profile, dataset) -> None:
+    rep.h(2, "Error statistics: tables", collapsed=True)
+    rep.p("Error = (predicted − measured) / measured, of the total; median, p95 and max are of its absolute value; "
+          "bias is its mean; under is the share of points a formula predicts too little; worst under is its most "
+          "negative value.")
     n = len(fitted.dataset.points)
-    rep.h(3, f"Raw (all {n} points)")
+    rep.h(3, f"As written (all {n} points)")
     rep.table(STATS_HEADER, [_stats_row(f, fitted.fits[f].errors["raw"]) for f in formulas])
     test = next(iter(fitted.fits.values())).errors["holdout"]["test_points"]
-    rep.h(3, f"Held out: the largest workloads ({test} points), raw")
+    rep.h(3, f"Held out: the largest workloads ({test} points), as written")
     rep.table(STATS_HEADER, [_stats_row(f, fitted.fits[f].errors["holdout"]["raw"]) for f in formulas])
     rep.h(3, f"Held out: the largest workloads ({test} points), calibrated on the smaller ones")
     rep.table(STATS_HEADER, [_stats_row(f, fitted.fits[f].errors["holdout"]["calibrated"]) for f in formulas])
@@ -220,45 +284,10 @@ def _summary_section(rep: Report, fitted, formulas, profile, cal) -> None:
             + [pct(fitted.fits[f].errors["kfold"]["mean_fold_median"])] for f in formulas]
     rep.table(STATS_HEADER + ["mean fold median"], rows)
     if profile is not None:
-        rep.h(3, f"Calibrated with the profile (all {n} points)")
+        same = (profile.data or {}).get("fingerprint") == dataset.fingerprint
+        cal = comparison(dataset, formulas, calibration=profile, target=fitted.settings.target)
+        rep.h(3, f"Calibrated with the profile (all {n} points{', in-sample' if same else ''})")
         rep.table(STATS_HEADER, [_stats_row(f, _frame_stats(cal[cal["formula"] == f])) for f in formulas])
-    if "memcal" in fitted.fits:
-        _targets(rep, fitted, formulas)
-
-
-def _targets(rep: Report, fitted, formulas) -> None:
-    h = fitted.fits["memcal"].errors["holdout"]["calibrated"]
-    if not h.get("n"):
-        return
-    seeds = [f for f in formulas if f != "memcal"]
-    beaten = [f for f in seeds if fitted.fits[f].errors["holdout"]["calibrated"].get("n") and
-              (h["median"] < fitted.fits[f].errors["holdout"]["calibrated"]["median"] and
-               h["max"] < fitted.fits[f].errors["holdout"]["calibrated"]["max"])]
-    def mark(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-    items = [f"held-out median |error| {pct(h['median'])} (target ≤ {pct(TARGET_MEDIAN)}): "
-             f"{mark(h['median'] <= TARGET_MEDIAN)}",
-             f"held-out max |error| {pct(h['max'])} (target ≤ {pct(TARGET_MAX)}): {mark(h['max'] <= TARGET_MAX)}",
-             f"worst held-out underestimate {pct(h['worst_under'], True)} (target ≥ {pct(TARGET_UNDER, True)}): "
-             f"{mark(h['worst_under'] >= TARGET_UNDER)}"]
-    if seeds:
-        items.append(f"beats every seed formula on held-out median and max (calibrated): "
-                     f"{mark(len(beaten) == len(seeds))}"
-                     + ("" if len(beaten) == len(seeds)
-                        else f" (not: {', '.join(f for f in seeds if f not in beaten)})"))
-    rep.p("memcal's calibrated formula against the targets of issue 5:")
-    rep.items(items)
-
-
-def _plots_section(rep: Report, raw, cal, formulas, cal_label) -> None:
-    from . import _plots as plots
-    rep.h(2, "Plots")
-    rep.image("predicted_vs_measured.png", plots.predicted_vs_measured(raw, cal, formulas, cal_label),
-              "predicted vs measured total, per formula")
-    rep.image("error_vs_length.png", plots.error_vs_length(raw, cal, formulas, cal_label),
-              "relative error of the total vs prompt length")
-    rep.image("components.png", plots.component_bars(raw, _showcase(raw), formulas),
-              "stacked components for a few workloads")
 
 
 def _showcase(raw) -> list[dict]:
@@ -286,7 +315,7 @@ COMPONENT_LABELS = (("weights", "weights"), ("kv_cache", "KV cache"), ("activati
 
 
 def _components_section(rep: Report, raw, formulas) -> None:
-    rep.h(2, "Components (raw)")
+    rep.h(2, "Components (as written): table", collapsed=True)
     unit, size = pick_unit(float(raw["m_total"].astype("float64").median()))
     rep.p("Each formula's components against the measured ones: weights and KV cache as the record holds them; "
           "activations = tensor-level peak − weights − KV cache; overhead = device-level − allocator-level peak "
@@ -319,7 +348,7 @@ def _memcal_section(rep: Report, raw, oof, formulas) -> None:
     if "memcal" not in formulas:
         return
     m = raw[raw["formula"] == "memcal"]
-    rep.h(2, "memcal's formula: exact components and where the error is")
+    rep.h(2, "memcal's formula: exact components and where the error is", collapsed=True)
     dense = m[(m["weights"] == "none") & (m["kv_dtype"] == m["dtype"])]
     rows = []
     for comp, label in (("weights", "weights"), ("kv_cache", "KV cache")):
@@ -414,7 +443,7 @@ def _audit_section(rep: Report, raw, dataset, formulas) -> None:
     seeds = [f for f in formulas if f in SEEDS]
     if not seeds:
         return
-    rep.h(2, "Seed audit: where each seed formula fails, and why")
+    rep.h(2, "Seed audit: where each seed formula fails, and why", collapsed=True)
     rep.p("Per component and subset of points: the median ratio of predicted to measured bytes, and the component's "
           "median signed effect on the total's relative error, (predicted − measured component) / measured total. "
           "KV readings name the seeds' known simplifications whose product reproduces the predicted cache within "
@@ -473,7 +502,7 @@ def _spread(st: dict) -> str:
 
 def _formula_section(rep: Report, fid: str, raw, cal, cal_label: str) -> None:
     module = get(fid)
-    rep.h(2, f"{fid}: by architecture, precision, attention, phase, batch and length")
+    rep.h(3, f"{fid}: by architecture, precision, attention, phase, batch and length")
     rep.p(f"{module.title} (source: {module.source}). Raw and {cal_label} |error| of the total as median / p95 / "
           "max, the largest error in GiB, the signed bias and the share of underestimates.")
     r, c = raw[raw["formula"] == fid], cal[cal["formula"] == fid].set_index("point_id")
@@ -485,13 +514,13 @@ def _formula_section(rep: Report, fid: str, raw, cal, cal_label: str) -> None:
             rows.append([value, sr["n"], _spread(sr), gib(sr["max_abs_bytes"]), pct(sr["bias"], True),
                          pct(sr["under_share"]), _spread(sc), gib(sc.get("max_abs_bytes")), pct(sc.get("bias"), True),
                          pct(sc.get("under_share")), pct(sc.get("worst_under"), True)])
-        rep.h(3, title)
+        rep.h(4, title)
         rep.table([title, "points", "raw median / p95 / max", "raw max GiB", "raw bias", "raw under",
                    "cal. median / p95 / max", "cal. max GiB", "cal. bias", "cal. under", "cal. worst under"], rows)
 
 
 def _excluded_section(rep: Report, dataset) -> None:
-    rep.h(2, "Excluded points")
+    rep.h(2, "Excluded points", collapsed=True)
     if not dataset.excluded:
         rep.p("None: every record has status ok.")
         return
@@ -505,70 +534,6 @@ def _excluded_section(rep: Report, dataset) -> None:
     rep.table(["status", "records", "reason", "example"], rows, "lrll")
 
 
-# --- formatting ------------------------------------------------------------------------------------------
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown(blocks: Sequence[tuple]) -> str:
-    """The blocks as GitHub-flavoured Markdown."""
-    out: list[str] = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h":
-            out.append("#" * block[1] + " " + block[2])
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            _, header, rows, align = block
-            lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-                     "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
-        elif kind == "image":  # figures live embedded in report.html only: results/ stays text
-            out.append(f"*Figure: {block[2]} (embedded in report.html).*")
-    return "\n\n".join(out) + "\n"
-
-
-def _inline(text: str) -> str:
-    text = _html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-
-
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}"
-         "th,td{border:1px solid #ccc;padding:3px 7px}th{background:#f2f2f2}td.r,th.r{text-align:right}"
-         "code{background:#f4f4f4;padding:0 3px}img{max-width:100%}")
-
-
-def html(blocks: Sequence[tuple], images: dict[str, bytes], title: str) -> str:
-    """The blocks as one standalone HTML page, figures embedded as base64 PNG."""
-    body: list[str] = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h":
-            body.append(f"<h{block[1]}>{_inline(block[2])}</h{block[1]}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(block[1])}</p>")
-        elif kind == "list":
-            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind == "table":
-            _, header, rows, align = block
-            cls = ['' if a == "l" else ' class="r"' for a in align]
-            head = "".join(f"<th{c}>{_inline(h)}</th>" for h, c in zip(header, cls))
-            body.append("<table><thead><tr>" + head + "</tr></thead><tbody>" + "".join(
-                "<tr>" + "".join(f"<td{c}>{_inline(v)}</td>" for v, c in zip(row, cls)) + "</tr>" for row in rows)
-                + "</tbody></table>")
-        elif kind == "image":
-            data = base64.b64encode(images[block[1]]).decode()
-            body.append(f'<p><img alt="{_html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
 def write_report(rep: Report, out: str | Path, *, force: bool = False) -> dict[str, Path]:
     """Write report.md, report.html (figures embedded) and the tables into the folder ``out``; refuses to
     overwrite unless ``force``."""
@@ -580,7 +545,7 @@ def write_report(rep: Report, out: str | Path, *, force: bool = False) -> dict[s
     for name, text in rep.tables.items():
         (out / name).write_text(text)
     paths["markdown"].write_text(markdown(rep.blocks))
-    paths["html"].write_text(html(rep.blocks, rep.images, f"memcal accuracy report: {rep.name}"))
+    paths["html"].write_text(html(rep.blocks, rep.figures, f"memcal accuracy report: {rep.name}", rep.points))
     return paths
 
 
