@@ -32,10 +32,12 @@ def test_report_matches_the_checked_in_text(tmp_path):
         EXPECTED.write_text(text)
     assert text == EXPECTED.read_text()
     page = paths["html"].read_text()
-    assert page.count('src="data:image/png;base64,') == 3  # standalone: every figure embedded
+    figures = text.count("(in report.html).*")
+    assert figures >= 4 and page.count("<figure") == figures == page.count("<svg")  # every figure inline, as SVG
     assert "<h1>memcal accuracy report: report-fixture</h1>" in page
-    assert not list((tmp_path / "fixture").glob("*.png"))  # figures only inside the HTML: results stay text
-    assert text.count("(embedded in report.html)") == 3
+    assert page.index('id="answers"') < page.index('id="error_distribution"') < page.index("<details>")
+    assert "http://" not in page.replace("http://www.w3.org/", "") and "https://" not in page  # no network
+    assert not [p for p in (tmp_path / "fixture").iterdir() if p.suffix not in (".md", ".html", ".csv")]
     with pytest.raises(MemcalError, match="--force"):
         report([FIXTURE], out=tmp_path / "fixture", formulas=SEEDS)
 
@@ -54,8 +56,9 @@ def test_report_with_memcal_and_a_profile(tmp_path, capsys):
     rep = build_report([FIXTURE], calibration=profile)
     text = markdown(rep.blocks)
     assert "these data, so its errors below are in-sample" in text
-    assert "### Calibrated with the profile (all 24 points)" in text
-    assert "memcal's calibrated formula against the targets of issue 5" in text
+    assert "### Calibrated with the profile (all 24 points, in-sample)" in text
+    assert "issue" not in text and "target" not in text  # words for readers, not the project's bookkeeping
+    assert "- **Which formula to trust:** memcal." in text
     assert re.search(r"\| weights \| 24 of 24 \|", text)  # memcal's weights are exact on the dry run
     assert re.search(r"\| KV cache \| 24 of 24 \|", text)
     assert "## Seed audit" in text and "### gguf-cheat-sheet" in text

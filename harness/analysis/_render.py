@@ -59,7 +59,7 @@ def _inline(text: str) -> str:
 
 def _svg_inline(svg: str, prefix: str) -> str:
     """An SVG document as an element of the page: no XML prolog, ids made unique to the figure."""
-    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg[svg.index("<svg"):], flags=re.S)  # RDF namespaces, no use
     for ident in set(re.findall(r'\bid="([^"]+)"', svg)):
         new = f"{prefix}-{ident}"
         svg = svg.replace(f'id="{ident}"', f'id="{new}"').replace(f"#{ident})", f"#{new})") \

@@ -182,6 +182,7 @@ def _first_screen(rep: Report, dataset, raw, cal, formulas, target, cal_label, c
     if differences:
         rep.p("The files come from different software or hardware (compared here together, not as one): "
               + "; ".join(differences) + ".")
+    rep.p("What the words mean:")
     rep.items(answer.terms(target, cal_words), "terms")
 
 
@@ -318,9 +319,9 @@ def _components_section(rep: Report, raw, formulas) -> None:
     rep.h(2, "Components (as written): table", collapsed=True)
     unit, size = pick_unit(float(raw["m_total"].astype("float64").median()))
     rep.p("Each formula's components against the measured ones: weights and KV cache as the record holds them; "
-          "activations = tensor-level peak − weights − KV cache; overhead = device-level − allocator-level peak "
-          "(cuda, mps), allocator-level − tensor-level peak (cpu), not measured on the dry run (the tensor-level "
-          "target holds none: a formula's overhead is all error there). Ratios and errors over the points where the "
+          "activations = tensor-level peak − weights − KV cache; overhead = device total − allocated peak "
+          "(cuda; mps: reserved − allocated), allocated − tensor-level peak (cpu), not measured on the dry run (the "
+          "tensor-level peak holds none: a formula's overhead is all error there). Ratios and errors over the points where the "
           f"measured component is positive; sizes in {unit}; every point's bytes are in comparison.csv.")
 
     def size_(x: float) -> str:
