@@ -321,8 +321,8 @@ def _components_section(rep: Report, raw, formulas) -> None:
     rep.p("Each formula's components against the measured ones: weights and KV cache as the record holds them; "
           "activations = tensor-level peak − weights − KV cache; overhead = device total − allocated peak "
           "(cuda; mps: reserved − allocated), allocated − tensor-level peak (cpu), not measured on the dry run (the "
-          "tensor-level peak holds none: a formula's overhead is all error there). Ratios and errors over the points where the "
-          f"measured component is positive; sizes in {unit}; every point's bytes are in comparison.csv.")
+          "tensor-level peak holds none: a formula's overhead is all error there). Ratios and errors over the points "
+          "where the measured component is positive; sizes in {unit}; every point's bytes are in comparison.csv.")
 
     def size_(x: float) -> str:
         return "n/a" if x != x else f"{x / size:,.4g}"
