@@ -34,27 +34,35 @@ def _grouped(formulas: Sequence[str], text: Callable[[str], str]) -> list[tuple[
 
 
 def answers(raw: dict, cal: dict, formulas: Sequence[str], cal_words: str, pct) -> list[str]:
-    """One sentence per reader question. ``raw``/``cal``: formula -> `error_stats` of the total."""
+    """One sentence per reader question. ``raw``/``cal``: formula -> `error_stats` of the total.
+
+    The formula to trust is the one with the smallest 95th percentile of |error| as written (then the
+    smallest worst, then median): a few outlying points should not hide which formula is right almost
+    everywhere, and the sentence names its worst error and its underestimates all the same.
+    """
     formulas = [f for f in formulas if raw.get(f, {}).get("n")]
     if not formulas:
         return ["No point was measured: there is nothing to compare."]
-    ranked = sorted(formulas, key=lambda f: (raw[f]["max"], raw[f]["median"], f))
+
+    def rank(stats: dict) -> list[str]:
+        fids = [f for f in formulas if stats.get(f, {}).get("n")]
+        return sorted(fids, key=lambda f: (stats[f]["p95"], stats[f]["max"], stats[f]["median"], f))
+    ranked = rank(raw)
     best, s = ranked[0], raw[ranked[0]]
     risk = ("and it never predicts less than was measured" if s["under_share"] == 0 else
             f"but it predicts too little on {pct(s['under_share'])} of the points (by up to "
             f"{pct(-s['worst_under'])}), so leave that much headroom")
-    first = (f"**Which formula to trust:** {best}. Its total is off by {pct(s['median'])} at the median and "
-             f"{pct(s['max'])} at worst, {risk}")
+    first = (f"**Which formula to trust:** {best}, within {pct(s['p95'])} on 95 % of the points. Its total is off "
+             f"by {pct(s['median'])} at the median and {pct(s['max'])} at worst, {risk}")
     if len(ranked) > 1:
         n = raw[ranked[1]]
-        first += f"; the next best, {ranked[1]}, is off by {pct(n['median'])} and {pct(n['max'])} at worst"
+        first += f"; the next best, {ranked[1]}, is within {pct(n['p95'])} on 95 % of the points"
     out = [first + "."]
-    c_ranked = sorted([f for f in formulas if cal.get(f, {}).get("n")],
-                      key=lambda f: (cal[f]["max"], cal[f]["median"], f))
+    c_ranked = rank(cal)
     if c_ranked and c_ranked[0] != best:
         c = cal[c_ranked[0]]
-        out.append(f"**After calibration** ({cal_words}) {c_ranked[0]} does best: {pct(c['median'])} at the median, "
-                   f"{pct(c['max'])} at worst.")
+        out.append(f"**After calibration** ({cal_words}), {c_ranked[0]} does best: within {pct(c['p95'])} on 95 % of "
+                   f"the points, {pct(c['median'])} at the median, {pct(c['max'])} at worst.")
 
     def spread(fid: str) -> str:
         text = f"{pct(raw[fid]['median'])} / {pct(raw[fid]['max'])}"
@@ -65,13 +73,14 @@ def answers(raw: dict, cal: dict, formulas: Sequence[str], cal_words: str, pct) 
     def under(stats: dict) -> str:
         return "" if not stats.get("n") or stats["under_share"] == 0 else \
             f"{pct(stats['under_share'])} of the points (worst {pct(stats['worst_under'], True)})"
-    clauses = [f"{_names(f)} on {t}" for f, t in _grouped(formulas, lambda f: under(raw[f])) if t]
-    c_clauses = [f"{_names(f)} on {t}" for f, t in _grouped(formulas, lambda f: under(cal.get(f, {}))) if t]
+
+    def listing(stats: dict) -> str:
+        clauses = [f"{_names(f)} on {t}" for f, t in _grouped(formulas, lambda f: under(stats.get(f, {}))) if t]
+        return ", ".join(clauses) if clauses else "none"
     never = [f for f in formulas if not under(raw[f]) and not under(cal.get(f, {}))]
-    text = "**How often each predicts too little** (a machine sized by it runs out of memory): "
-    text += ("as written, " + "; ".join(clauses) if clauses else "as written, none")
-    text += ("; calibrated, " + "; ".join(c_clauses) if c_clauses else "; calibrated, none")
-    if never and (clauses or c_clauses):
+    text = ("**How often each predicts too little** (a machine sized by it runs out of memory): as written, "
+            f"{listing(raw)}; calibrated, {listing(cal)}")
+    if never and len(never) < len(formulas):
         text += f"; {_names(never)} never"
     out.append(text + ".")
     return out

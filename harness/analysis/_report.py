@@ -122,8 +122,7 @@ def build_report(results: Iterable[str | Path], *, calibration: Any = None, form
     oof = comparison(dataset, formulas, target=target, predictions={f: x.out_of_fold for f, x in fitted.fits.items()})
     in_sample = profile is not None and (profile.data or {}).get("fingerprint") == dataset.fingerprint
     cal, cal_label = oof, "calibrated (k-fold)"
-    cal_words = (f"each point predicted with factors fitted on the other points ({settings.folds}-fold: "
-                 "fitted without the point's fold)")
+    cal_words = f"each point predicted by factors fitted on the other points, {settings.folds}-fold"
     if profile is not None and not in_sample:
         cal, cal_label = comparison(dataset, formulas, calibration=profile, target=target), "calibrated (profile)"
         cal_words = f"with the factors of the profile `{profile.name}`, fitted on other data"
