@@ -58,7 +58,7 @@ def test_report_with_memcal_and_a_profile(tmp_path, capsys):
     assert "these data, so its errors below are in-sample" in text
     assert "### Calibrated with the profile (all 24 points, in-sample)" in text
     assert "issue" not in text and "target" not in text  # words for readers, not the project's bookkeeping
-    assert "- **Which formula to trust:** memcal." in text
+    assert "- **Which formula to trust:** memcal, within " in text
     assert re.search(r"\| weights \| 24 of 24 \|", text)  # memcal's weights are exact on the dry run
     assert re.search(r"\| KV cache \| 24 of 24 \|", text)
     assert "## Seed audit" in text and "### gguf-cheat-sheet" in text
