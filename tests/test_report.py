@@ -65,3 +65,19 @@ def test_report_with_memcal_and_a_profile(tmp_path, capsys):
     assert main(["report", str(FIXTURE), "--out", str(tmp_path / "r"), "--calibration", str(profile),
                  "--formula", "memcal", "--formula", "per-token"]) == 0
     assert "report.html" in capsys.readouterr().out
+
+
+def test_first_screen_answers_in_words():
+    from harness.analysis import pct
+    from harness.analysis._answer import answers  # white-box: the sentences from known statistics
+
+    def s(median, p95, worst, under=0.0, worst_under=0.0):
+        return {"n": 10, "median": median, "p95": p95, "max": worst, "under_share": under, "worst_under": worst_under}
+    raw = {"a": s(0.01, 0.02, 0.5), "b": s(0.2, 1.0, 2.0, 0.3, -0.1), "c": s(0.2, 1.0, 2.0, 0.3, -0.1)}
+    cal = {"a": s(0.01, 0.02, 0.5), "b": s(0.05, 0.1, 0.2), "c": s(0.05, 0.1, 0.2)}
+    trust, spread, under = answers(raw, cal, ["a", "b", "c"], "k-fold", pct)
+    assert trust == ("**Which formula to trust:** a, within 2.00 % on 95 % of the points. Its total is off by 1.00 % "
+                     "at the median and 50.00 % at worst, and it never predicts less than was measured; the next "
+                     "best, b, is within 100.0 % on 95 % of the points.")
+    assert "b and c 20.00 % / 200.0 % → 5.00 % / 20.00 %" in spread  # equal numbers share a clause
+    assert under.endswith("as written, b and c on 30.00 % of the points (worst -10.00 %); calibrated, none; a never.")
