@@ -80,4 +80,4 @@ def test_first_screen_answers_in_words():
                      "at the median and 50.00 % at worst, and it never predicts less than was measured; the next "
                      "best, b, is within 100.0 % on 95 % of the points.")
     assert "b and c 20.00 % / 200.0 % → 5.00 % / 20.00 %" in spread  # equal numbers share a clause
-    assert under.endswith("as written, b and c on 30.00 % of the points (worst -10.00 %); calibrated, none; a never.")
+    assert under.endswith("as written, b and c on 30.00 % (worst -10.00 %); calibrated, none; a never.")

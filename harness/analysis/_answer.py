@@ -72,13 +72,14 @@ def answers(raw: dict, cal: dict, formulas: Sequence[str], cal_words: str, pct) 
 
     def under(stats: dict) -> str:
         return "" if not stats.get("n") or stats["under_share"] == 0 else \
-            f"{pct(stats['under_share'])} of the points (worst {pct(stats['worst_under'], True)})"
+            f"{pct(stats['under_share'])} (worst {pct(stats['worst_under'], True)})"
 
     def listing(stats: dict) -> str:
         clauses = [f"{_names(f)} on {t}" for f, t in _grouped(formulas, lambda f: under(stats.get(f, {}))) if t]
         return ", ".join(clauses) if clauses else "none"
     never = [f for f in formulas if not under(raw[f]) and not under(cal.get(f, {}))]
-    text = ("**How often each predicts too little** (a machine sized by it runs out of memory): as written, "
+    text = ("**How often each predicts too little** (a machine sized by it runs out of memory; share of the points, "
+            "and the worst error): as written, "
             f"{listing(raw)}; calibrated, {listing(cal)}")
     if never and len(never) < len(formulas):
         text += f"; {_names(never)} never"
