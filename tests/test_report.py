@@ -81,3 +81,19 @@ def test_first_screen_answers_in_words():
                      "best, b, is within 100.0 % on 95 % of the points.")
     assert "b and c 20.00 % / 200.0 % → 5.00 % / 20.00 %" in spread  # equal numbers share a clause
     assert under.endswith("as written, b and c on 30.00 % (worst -10.00 %); calibrated, none; a never.")
+
+
+def test_a_point_a_formula_cannot_price_is_left_out_and_said(monkeypatch):
+    from harness.analysis import _report  # white-box: a formula that stops with an error at one point
+    real = _report.predict
+
+    def predict(dataset, fid, *args, indices=None, **kw):
+        points = dataset.points if indices is None else [dataset.points[i] for i in indices]
+        if fid == "bit-width" and any(p["point_id"] == dataset.points[3]["point_id"] for p in points):
+            raise MemcalError("no layer of that kind")
+        return real(dataset, fid, *args, indices=indices, **kw)
+    monkeypatch.setattr(_report, "predict", predict)
+    text = markdown(build_report([FIXTURE], formulas=["per-token", "bit-width"]).blocks)
+    assert "23 points used" in text and "1 not priced" in text
+    assert "- **Left out:** bit-width cannot price 1 point (it stops with an error" in text
+    assert "| not priced | 1 | bit-width: no layer of that kind |" in text

@@ -18,7 +18,7 @@ data gets its own (in-sample) table, but predicts nothing else: in-sample errors
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -31,7 +31,7 @@ from estimator.formulas import FORMULAS, get
 
 from .._common import point_label
 from . import _answer as answer
-from ._compare import comparison, error_stats, load_dataset
+from ._compare import comparison, error_stats, load_dataset, predict
 from ._fit import FitSettings, fit_dataset
 from ._render import html, markdown
 
@@ -111,11 +111,11 @@ def build_report(results: Iterable[str | Path], *, calibration: Any = None, form
                  settings: FitSettings | None = None, name: str | None = None) -> Report:
     """Compute everything and lay it out; nothing is written."""
     results = [Path(p) for p in results]
-    dataset = load_dataset(results)
+    formulas = [get(f).id for f in (formulas or FORMULAS)]
+    dataset, unpriced = _priced(load_dataset(results), formulas)
     profile = load_calibration(calibration) if calibration is not None else None
     if settings is None:
         settings = FitSettings.from_dict(dict(profile.method)) if profile and profile.method else FitSettings()
-    formulas = [get(f).id for f in (formulas or FORMULAS)]
     fitted = fit_dataset(dataset, formulas=formulas, settings=settings)
     target = settings.target
     raw = comparison(dataset, formulas, target=target, predictions={f: x.raw for f, x in fitted.fits.items()})
@@ -129,7 +129,7 @@ def build_report(results: Iterable[str | Path], *, calibration: Any = None, form
     rep = Report(name or (results[0].stem if len(results) == 1 else "report"))
     rep.tables["comparison.csv"] = _comparison_csv(raw, cal)
     rep.h(1, f"memcal accuracy report: {rep.name}")
-    _first_screen(rep, dataset, raw, cal, formulas, target, cal_label, cal_words)
+    _first_screen(rep, dataset, raw, cal, formulas, target, cal_label, cal_words, unpriced)
     _figures_section(rep, raw, cal, formulas, cal_label)
     _points_section(rep, raw, cal, formulas, cal_label)
     _summary_section(rep, fitted, formulas, profile, dataset)
@@ -159,7 +159,37 @@ def _comparison_csv(raw, cal) -> str:
     return out.to_csv(index=False, lineterminator="\n", float_format="%.9g")
 
 
-def _first_screen(rep: Report, dataset, raw, cal, formulas, target, cal_label, cal_words) -> None:
+UNPRICED = "not priced"
+
+
+def _priced(dataset, formulas) -> tuple[Any, dict[str, int]]:
+    """The dataset without the points some formula cannot price (it raises `MemcalError` there): they
+    are listed as excluded with the formula's message, and counted per formula for the first screen.
+    One formula's gap must not stop the report, nor hide every other number."""
+    failures: dict[int, str] = {}
+    for fid in formulas:
+        try:
+            predict(dataset, fid)
+            continue
+        except MemcalError:
+            pass
+        for i in range(len(dataset.points)):
+            try:
+                predict(dataset, fid, indices=[i])
+            except MemcalError as e:
+                failures.setdefault(i, f"{fid}: {e}")
+    if not failures:
+        return dataset, {}
+    counts: dict[str, int] = {}
+    for message in failures.values():
+        counts[message.split(":", 1)[0]] = counts.get(message.split(":", 1)[0], 0) + 1
+    gone = [{"source": r["source"], "status": UNPRICED, "model": r["model"], "label": point_label(r),
+             "message": failures[i]} for i, r in enumerate(dataset.points) if i in failures]
+    points = [r for i, r in enumerate(dataset.points) if i not in failures]
+    return replace(dataset, points=points, excluded=dataset.excluded + gone), counts
+
+
+def _first_screen(rep: Report, dataset, raw, cal, formulas, target, cal_label, cal_words, unpriced) -> None:
     """The answer in words, the figure that shows it, then where the data come from and the terms."""
     n_models = len(dataset.specs)
     rep.p(f"How well {len(formulas)} formula{'s' if len(formulas) != 1 else ''} predict the memory that "
@@ -167,7 +197,12 @@ def _first_screen(rep: Report, dataset, raw, cal, formulas, target, cal_label, c
           f"**{answer.TARGET_WORDS[target]}** (defined below).", intro=True)
     stats = {f: _frame_stats(raw[raw["formula"] == f]) for f in formulas}
     cstats = {f: _frame_stats(cal[cal["formula"] == f]) for f in formulas}
-    rep.blocks.append(("answers", answer.answers(stats, cstats, formulas, cal_words, pct)))
+    said = answer.answers(stats, cstats, formulas, cal_words, pct)
+    if unpriced:
+        said.append("**Left out:** " + "; ".join(f"{fid} cannot price {n} point{'s' if n != 1 else ''}"
+                                                  for fid, n in sorted(unpriced.items()))
+                    + " (it stops with an error: listed at the end); those points count nowhere here.")
+    rep.blocks.append(("answers", said))
     from . import _plots as plots
     rep.figure("error_distribution.svg", plots.error_distribution(raw, cal, formulas, cal_label),
                "error of each formula's total over all points, as written (grey) and calibrated (blue): box = the "
@@ -530,7 +565,8 @@ def _excluded_section(rep: Report, dataset) -> None:
         groups.setdefault((e["status"], message), []).append(e["label"])
     rows = [[status, len(labels), message or "–", sorted(labels)[0]]
             for (status, message), labels in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][1]))]
-    rep.p(f"{len(dataset.excluded)} records are not ok and count nowhere above (numbers in messages shown as N):")
+    rep.p(f"{len(dataset.excluded)} records count nowhere above: not ok, or {UNPRICED} (a formula stops with an "
+          "error there). Numbers in messages are shown as N:")
     rep.table(["status", "records", "reason", "example"], rows, "lrll")
 
 
