@@ -155,7 +155,8 @@ def _fmt(v: float) -> str:
     if v == 0:
         return "0"
     unit, size = pick_unit(abs(v))
-    return f"{v / size:,.3g} {unit}"
+    x = v / size  # three significant digits, never in e-notation (pick_unit stops at GiB: 3,650 GiB)
+    return f"{x:,.0f} {unit}" if abs(x) >= 100 else f"{x:.3g} {unit}"
 
 
 def component_panels(raw, rows: Sequence[dict], formulas: Sequence[str]) -> str:
