@@ -10,7 +10,7 @@ DEMO_MODEL ?= meta-llama/Llama-3.1-8B
 # pytest-xdist: one worker per core, at most 4 (each worker imports torch and transformers).
 XDIST ?= -n auto --maxprocesses 4
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench report-check clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+
+# The accuracy report in headless Chromium (Debian's `chromium`, driven by Playwright; skips without it):
+# the demo report built from committed files and the committed reports; screenshots and page heights
+# are kept under build/report-check/.
+report-check: $(STAMP)
+	rm -rf build/report-check
+	MEMCAL_REPORT_CHECK_DIR=build/report-check $(BIN)/python -m pytest -q -rs tests/test_report_browser.py
+	@echo "screenshots and page heights: build/report-check/"
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-enable -q

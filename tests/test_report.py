@@ -32,10 +32,12 @@ def test_report_matches_the_checked_in_text(tmp_path):
         EXPECTED.write_text(text)
     assert text == EXPECTED.read_text()
     page = paths["html"].read_text()
-    assert page.count('src="data:image/png;base64,') == 3  # standalone: every figure embedded
+    figures = text.count("(in report.html).*")
+    assert figures >= 4 and page.count("<figure") == figures == page.count("<svg")  # every figure inline, as SVG
     assert "<h1>memcal accuracy report: report-fixture</h1>" in page
-    assert not list((tmp_path / "fixture").glob("*.png"))  # figures only inside the HTML: results stay text
-    assert text.count("(embedded in report.html)") == 3
+    assert page.index('id="answers"') < page.index('id="error_distribution"') < page.index("<details>")
+    assert "http://" not in page.replace("http://www.w3.org/", "") and "https://" not in page  # no network
+    assert not [p for p in (tmp_path / "fixture").iterdir() if p.suffix not in (".md", ".html", ".csv")]
     with pytest.raises(MemcalError, match="--force"):
         report([FIXTURE], out=tmp_path / "fixture", formulas=SEEDS)
 
@@ -54,11 +56,44 @@ def test_report_with_memcal_and_a_profile(tmp_path, capsys):
     rep = build_report([FIXTURE], calibration=profile)
     text = markdown(rep.blocks)
     assert "these data, so its errors below are in-sample" in text
-    assert "### Calibrated with the profile (all 24 points)" in text
-    assert "memcal's calibrated formula against the targets of issue 5" in text
+    assert "### Calibrated with the profile (all 24 points, in-sample)" in text
+    assert "issue" not in text and "target" not in text  # words for readers, not the project's bookkeeping
+    assert "- **Which formula to trust:** memcal, within " in text
     assert re.search(r"\| weights \| 24 of 24 \|", text)  # memcal's weights are exact on the dry run
     assert re.search(r"\| KV cache \| 24 of 24 \|", text)
     assert "## Seed audit" in text and "### gguf-cheat-sheet" in text
     assert main(["report", str(FIXTURE), "--out", str(tmp_path / "r"), "--calibration", str(profile),
                  "--formula", "memcal", "--formula", "per-token"]) == 0
     assert "report.html" in capsys.readouterr().out
+
+
+def test_first_screen_answers_in_words():
+    from harness.analysis import pct
+    from harness.analysis._answer import answers  # white-box: the sentences from known statistics
+
+    def s(median, p95, worst, under=0.0, worst_under=0.0):
+        return {"n": 10, "median": median, "p95": p95, "max": worst, "under_share": under, "worst_under": worst_under}
+    raw = {"a": s(0.01, 0.02, 0.5), "b": s(0.2, 1.0, 2.0, 0.3, -0.1), "c": s(0.2, 1.0, 2.0, 0.3, -0.1)}
+    cal = {"a": s(0.01, 0.02, 0.5), "b": s(0.05, 0.1, 0.2), "c": s(0.05, 0.1, 0.2)}
+    trust, spread, under = answers(raw, cal, ["a", "b", "c"], "k-fold", pct)
+    assert trust == ("**Which formula to trust:** a, within 2.00 % on 95 % of the points. Its total is off by 1.00 % "
+                     "at the median and 50.00 % at worst, and it never predicts less than was measured; the next "
+                     "best, b, is within 100.0 % on 95 % of the points.")
+    assert "b and c 20.00 % / 200.0 % → 5.00 % / 20.00 %" in spread  # equal numbers share a clause
+    assert under.endswith("as written, b and c on 30.00 % (worst -10.00 %); calibrated, none; a never.")
+
+
+def test_a_point_a_formula_cannot_price_is_left_out_and_said(monkeypatch):
+    from harness.analysis import _report  # white-box: a formula that stops with an error at one point
+    real = _report.predict
+
+    def predict(dataset, fid, *args, indices=None, **kw):
+        points = dataset.points if indices is None else [dataset.points[i] for i in indices]
+        if fid == "bit-width" and any(p["point_id"] == dataset.points[3]["point_id"] for p in points):
+            raise MemcalError("no layer of that kind")
+        return real(dataset, fid, *args, indices=indices, **kw)
+    monkeypatch.setattr(_report, "predict", predict)
+    text = markdown(build_report([FIXTURE], formulas=["per-token", "bit-width"]).blocks)
+    assert "23 points used" in text and "1 not priced" in text
+    assert "- **Left out:** bit-width cannot price 1 point (it stops with an error" in text
+    assert "| not priced | 1 | bit-width: no layer of that kind |" in text

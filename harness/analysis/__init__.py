@@ -4,7 +4,7 @@
   every other record listed as excluded; `comparison(...)`: predicted and measured bytes per point and
   formula, component by component, with errors;
 * `fit(results files, out=...)`: a calibration profile per formula, with held-out and k-fold errors;
-* `report(results files, out=...)`: the accuracy report (Markdown + HTML with embedded figures);
+* `report(results files, out=...)`: the accuracy report (Markdown + a standalone HTML page, figures inline as SVG);
 * `plan(model, memory_bytes, batch=... | seq=...)`: the largest batch or longest prompt that fits,
   and `verify(plan)`: the capped dry run's word on it.
 
@@ -13,7 +13,8 @@ Nothing here imports torch, except `verify`, which runs the dry run (`harness.me
 from ._compare import COMPONENTS, TARGETS, Dataset, comparison, error_stats, load_dataset, measured_components, size_key
 from ._fit import METHODS, FitResult, FitSettings, FormulaFit, fit, fit_dataset, fit_factors, holdout_split, kfold_folds
 from ._plan import MAX_BATCH, MAX_SEQ, Plan, Verification, plan, plan_text, verify
-from ._report import Report, build_report, html, markdown, pct, report, write_report
+from ._render import html, markdown
+from ._report import Report, build_report, pct, report, write_report
 
 __all__ = ["COMPONENTS", "MAX_BATCH", "MAX_SEQ", "METHODS", "TARGETS", "Dataset", "FitResult", "FitSettings",
            "FormulaFit", "Plan", "Report", "Verification", "build_report", "comparison", "error_stats", "fit",
