@@ -87,6 +87,9 @@ class Measurement:
     peak_device_bytes: int | None = None
     non_torch_bytes: int | None = None
     memory_cap_bytes: int | None = None
+    cuda_allocated_bytes: int | None = None
+    cuda_reserved_bytes: int | None = None
+    cuda_device_bytes: int | None = None
     wall_time_s: float | None = None
     peak_op: str = ""
     cuda_gpu: str = ""

@@ -72,7 +72,8 @@ def report(rows: list[dict], gpu, cuda_total: int) -> str:
     lines = [f"# gpu-check on {gpu.name} ({datetime.date.today()})", "",
              f"cudaMemGetInfo total {cuda_total:,} B; profile usable {gpu.usable_bytes:,} B, context estimate "
              f"{gpu.context_bytes:,} B", "",
-             "| point | total | measured | dry run (CUDA target) | err | formula | err |", "|---|---|---|---|---|---|---|"]
+             "| point | total | measured | dry run (CUDA target) | err | formula | err |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         real, dry, f = r["cuda"], r["dry_run"], r["formula"]
         for label, real_key, dry_key, f_key in ROWS:

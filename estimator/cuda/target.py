@@ -237,7 +237,7 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
     phase = "load" if since == "process" and load_peak > inference else "inference"
     allocated = max(inference, load_peak) if since == "process" else inference
 
-    reserved = _reserved(sizes if dense else [breakdown.weights_bytes], workspaces, spec, breakdown,
+    reserved = _reserved(sizes if dense else [breakdown.weights_bytes], workspaces, spec, workload, breakdown,
                          inference - breakdown.weights_bytes - rounding - ws - breakdown.kv_cache_bytes,
                          load_extra, since, alloc_options, gpu)
     terms = {"weights_bytes": breakdown.weights_bytes, "kv_cache_bytes": breakdown.kv_cache_bytes,
@@ -277,10 +277,12 @@ def _has_bias(spec) -> bool:
     return any(g.bias for g in parameter_layout(spec).linears if g.kind == "linear")
 
 
-def _reserved(weights: list[int], workspaces: list[int], spec, breakdown, activations: int, load_extra: int,
+def _reserved(weights: list[int], workspaces: list[int], spec, workload, breakdown, activations: int, load_extra: int,
               since: str, options: AllocatorOptions, gpu: GpuProfile) -> int:
     """max_memory_reserved from a replay: weights (one block each), the load transient (freed), the
-    workspaces, the KV cache (a key and a value block per layer) and the activations (one block)."""
+    workspaces, the KV cache (a key and a value block per layer), then for a prefill the layers' working
+    set (blocks of one MLP intermediate each, freed: they stay cached) before the activation peak (one
+    block): a peak in the logits cannot reuse the smaller cached blocks of the layers."""
     alloc = Allocator(options, capacity_bytes=None, device_total_bytes=gpu.usable_bytes)
     for size in weights:
         alloc.malloc(size)
@@ -295,9 +297,35 @@ def _reserved(weights: list[int], workspaces: list[int], spec, breakdown, activa
     if per_layer:
         for _ in range(2 * layers):
             alloc.malloc(per_layer)
+    for size in _layer_blocks(spec, workload, activations):
+        alloc.free(alloc.malloc(size))
     if activations > 0:
         alloc.malloc(activations)
     return alloc.max_reserved_bytes
+
+
+def _layer_blocks(spec, workload, activations: int) -> list[int]:
+    """A prefill's working set inside the decoder layers (its forward with one position's logits), as
+    blocks the size of one MLP intermediate; [] when that cannot be told (generate, no program)."""
+    from estimator import program
+    from estimator.formulas import memcal as formula
+    if workload.phase != "prefill" or not spec.intermediate_size:
+        return []
+    s = workload.prompt_len
+    try:
+        run = program.forward(spec, formula.forward_scope(spec, workload, s, s, 1, decode=False))
+    except MemcalError:
+        return []
+    working = run.peak_bytes - breakdown_kv(spec, workload)
+    block = workload.batch * s * spec.intermediate_size * workload.dtype_bytes
+    if working <= 0 or block <= 0 or working >= activations:
+        return []
+    return [block] * (working // block) + ([working % block] if working % block else [])
+
+
+def breakdown_kv(spec, workload) -> int:
+    from estimator.formulas import memcal as formula
+    return formula.kv_cache_bytes(spec, workload)
 
 
 __all__ = ["CudaTotals", "SINCE", "cpu_flash_bytes", "cuda_totals", "load_transient", "sdpa_call", "sdpa_extra",

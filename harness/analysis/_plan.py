@@ -192,11 +192,12 @@ def plan_text(p: Plan, check: Verification | None = None, unit: str = "GiB") -> 
         rows = [[name, human(v, unit), f"{v:,}"] for name, v in (
             ("weights", b.weights_bytes), ("KV cache", b.kv_cache_bytes), ("activations", b.activation_bytes),
             ("overhead", b.overhead_bytes), ("total", b.total_bytes),
-            ("free", p.memory_bytes - b.total_bytes))]
+            ("free", p.memory_bytes - (p.cuda.device_bytes if p.cuda is not None else b.total_bytes)))]
         lines += ["", table(rows, ["component", unit, "bytes"], "lrr"), ""]
         if p.cuda is not None:
             c = p.cuda
-            lines += [f"on {c.gpu}: tensor peak {human(c.tensor_peak_bytes, unit)}, allocated {human(c.allocated_bytes, unit)}, "
+            lines += [f"on {c.gpu}: tensor peak {human(c.tensor_peak_bytes, unit)}, "
+                      f"allocated {human(c.allocated_bytes, unit)}, "
                       f"reserved {human(c.reserved_bytes, unit)}, device total {human(c.device_bytes, unit)} {unit} "
                       f"(the total planned against)", ""]
         if p.next_breakdown is not None:

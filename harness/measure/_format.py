@@ -135,7 +135,8 @@ def cuda_comparison_text(record: Measurement, cuda: Any, unit: str) -> str:
         measured, predicted = real[measured_name], getattr(cuda, formula_name)
         rows.append([label, _size(measured, unit), _size(predicted, unit), _pct(relative_error(predicted, measured))])
     source = "measured" if record.device == "cuda" else "dry run"
-    return (f"on {cuda.gpu} ({unit}; formula: memcal on CUDA, sdpa backend {cuda.sdpa_backend}, peak in {cuda.peak_phase})\n"
+    return (f"on {cuda.gpu} ({unit}; formula: memcal on CUDA, sdpa backend {cuda.sdpa_backend}, "
+            f"peak in {cuda.peak_phase})\n"
             + table(rows, ["total", source, "formula", "err"], "lrrr"))
 
 

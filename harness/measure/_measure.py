@@ -25,11 +25,11 @@ from .._common import one_line
 from .._record import Measurement
 from . import _env as env_mod
 from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
+from ._cuda_target import CudaTargetTracker
 from ._isolate import call_in_fresh_process
 from ._phases import cache_bytes, make_inputs, run_phase
 from ._probes import CudaProbe, Probe, get_probe
 from ._protocol import measuring, settle
-from ._cuda_target import CudaTargetTracker
 from ._tracker import StorageTracker
 
 __all__ = ["measure", "run_point", "build_failure", "record_status"]
@@ -133,7 +133,8 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     if isinstance(probe, CudaProbe):
         probe.warm_up(TORCH_DTYPES[workload.dtype])
     gpu = _gpu(gpu, device)
-    tracker_kwargs = dict(device_type=torch.device(built.torch_device).type, cap_bytes=memory_cap, keep_trace=keep_trace)
+    tracker_kwargs = dict(device_type=torch.device(built.torch_device).type, cap_bytes=memory_cap,
+                          keep_trace=keep_trace)
     tracker = CudaTargetTracker(gpu, cuda_env, **tracker_kwargs) if gpu else StorageTracker(**tracker_kwargs)
     if tracker_out is not None:
         tracker_out.append(tracker)

@@ -98,7 +98,8 @@ def cuda_text(totals, unit: str = "GiB", gpu=None) -> str:
               "reserved": totals.reserved_bytes, "device total": totals.device_bytes}
     lines = [f"on {totals.gpu} ({unit})"]
     lines += [f"  {name:<13} {human(values[name], unit):>9}  {what[name]}" for name in values]
-    lines.append(f"  load peak     {human(totals.load_peak_bytes, unit):>9}  weights + the worst tensor's load transient")
+    load = human(totals.load_peak_bytes, unit)
+    lines.append(f"  load peak     {load:>9}  weights + the worst tensor's load transient")
     if gpu is not None:
         left = gpu.usable_bytes - totals.device_bytes
         verdict = "fits" if left >= 0 else "does NOT fit"
@@ -216,7 +217,8 @@ def load_text(totals, unit: str) -> str:
             f"  weights          {human(t['weights_bytes'], unit):>9}\n"
             f"  load transient   {human(t['load_transient_bytes'], unit):>9}  {totals.load_what}\n"
             f"  load peak        {human(totals.load_peak_bytes, unit):>9}  max_memory_allocated after loading\n"
-            f"  device total     {human(totals.load_peak_bytes + t['context_bytes'], unit):>9}  + CUDA context (estimate)")
+            f"  device total     {human(totals.load_peak_bytes + t['context_bytes'], unit):>9}  "
+            "+ CUDA context (estimate)")
 
 
 def _profile_dict(gpu) -> dict:
