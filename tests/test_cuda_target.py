@@ -111,3 +111,45 @@ def test_published_octocoder_a100_within_2_percent(weights, dtype, gib):
     t = cuda_totals(spec, w, "A100-40GB", bnb_legacy=True, options=Options(device="cuda", bnb_compute_dtype="fp32"))
     error = (t.allocated_bytes - gib * GiB) / (gib * GiB)
     assert abs(error) < 0.02, f"{weights}: {t.allocated_bytes / GiB:.4f} GiB vs published {gib} ({error:+.2%})"
+
+
+# --- the commands ------------------------------------------------------------------------------------------
+def test_estimate_gpu_text_and_json(capsys, tmp_path):
+    import json
+
+    from memcal.cli import main
+    assert main(["estimate", "meta-llama/Llama-3.1-8B", "--seq", "1024", "--gpu", "A100-80GB"]) == 0
+    text = capsys.readouterr().out
+    for name in ("tensor peak", "allocated", "reserved", "device total", "torch.cuda.max_memory_allocated",
+                 "torch.cuda.max_memory_reserved", "nvidia-smi"):
+        assert name in text
+    profile = tmp_path / "gpu.json"
+    profile.write_text(json.dumps({"name": "lab", "compute_capability": [9, 0], "sm_count": 132,
+                                   "nvml_total_bytes": "80GiB"}))
+    assert main(["estimate", "meta-llama/Llama-3.1-8B", "--seq", "1024", "--gpu", str(profile), "--json",
+                 "--gpu-set", "context_bytes=1GiB"]) == 0
+    cuda = json.loads(capsys.readouterr().out)["cuda"]
+    expected = cuda_totals(LLAMA, W, get_gpu("H100-80GB").__class__(
+        name="lab", compute_capability=(9, 0), sm_count=132, nvml_total_bytes=80 * GiB, context_bytes=GiB))
+    assert cuda["gpu"] == "lab" and cuda["device_bytes"] == expected.device_bytes
+    assert cuda["device_bytes"] == cuda["reserved_bytes"] + GiB
+
+
+def test_estimate_load_phase_and_refusals(capsys):
+    from memcal.cli import main
+    assert main(["estimate", "meta-llama/Llama-3.1-8B", "--seq", "16", "--dtype", "fp16", "--weights", "int8",
+                 "--gpu", "A100", "--phase", "load"]) == 0
+    assert "load transient" in capsys.readouterr().out
+    assert main(["estimate", "meta-llama/Llama-3.1-8B", "--phase", "load"]) == 2
+    assert main(["estimate", "meta-llama/Llama-3.1-8B", "--gpu", "A100", "--device", "cpu"]) == 2
+    assert main(["estimate", "meta-llama/Llama-3.1-8B", "--gpu", "Z9000"]) == 2
+
+
+def test_plan_against_the_device_total():
+    from harness.analysis import plan
+    gpu = get_gpu("L4")
+    memory = int(gpu.usable_bytes * 0.9)
+    p = plan("meta-llama/Llama-3.1-8B", memory, seq=4096, gpu=gpu)
+    assert p.fits and p.cuda.device_bytes <= memory < p.next_cuda.device_bytes
+    plain = plan("meta-llama/Llama-3.1-8B", memory, seq=4096)
+    assert p.value <= plain.value  # the device total is larger than the tensor peak

@@ -297,8 +297,8 @@ def _reserved(weights: list[int], workspaces: list[int], spec, workload, breakdo
     if per_layer:
         for _ in range(2 * layers):
             alloc.malloc(per_layer)
-    for size in _layer_blocks(spec, workload, activations):
-        alloc.free(alloc.malloc(size))
+    for handle in [alloc.malloc(size) for size in _layer_blocks(spec, workload, activations)]:
+        alloc.free(handle)  # all alive at once, then cached
     if activations > 0:
         alloc.malloc(activations)
     return alloc.max_reserved_bytes
