@@ -137,3 +137,20 @@ def test_experiment_file_takes_a_gpu(tmp_path):
     bad.write_text(text.format(gpu='gpu = "h100"\n').replace("dry-run", "cpu"))
     with pytest.raises(MemcalError, match="experiment.gpu"):
         load_experiment(bad)
+
+
+def test_sweep_with_a_cuda_target_records_its_totals(tmp_path):
+    from memcal.commands.sweep import sweep
+    from tests.sweep_helpers import lines, write_experiment
+    exp = write_experiment(tmp_path, experiment={"gpu": "L4"}, models=("tiny-a",),
+                           grids=[dict(models=["configs/tiny-a.json"], dtypes=["bf16"], batch_sizes=[1],
+                                       prompt_lengths=[8], phases=["prefill"])])
+    out = tmp_path / "r.jsonl"
+    summary = sweep(str(exp), out=str(out), progress=False)
+    assert summary.written == 1
+    header, point = lines(out)
+    assert header["gpu"] == "L4" and point["status"] == "ok" and point["cuda_gpu"] == "L4"
+    assert point["peak_tensor_bytes"] < point["cuda_allocated_bytes"] <= point["cuda_reserved_bytes"]
+    from harness.sweep import load_results
+    frame = load_results(out)
+    assert int(frame["cuda_reserved_bytes"].iloc[0]) == point["cuda_reserved_bytes"]
