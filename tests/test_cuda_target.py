@@ -24,7 +24,8 @@ def test_four_totals_ordered_and_terms_add_up():
     assert t.tensor_peak_bytes == b.total_bytes
     terms = t.terms
     assert t.allocated_bytes == (t.tensor_peak_bytes + terms["block_rounding_bytes"] + terms["cublas_workspace_bytes"]
-                                 + terms["sdpa_extra_bytes"] + terms["bnb_legacy_bytes"])
+                                 + terms["sdpa_extra_bytes"])
+    assert terms["bnb_transient_bytes"] == 0
     assert t.tensor_peak_bytes <= t.allocated_bytes <= t.reserved_bytes < t.device_bytes
     assert t.device_bytes == t.reserved_bytes + get_gpu("A100-80GB").context_bytes
     assert t.sdpa_backend == "flash" and t.peak_phase == "inference"
@@ -80,6 +81,19 @@ def test_dense_load_has_no_device_transient():
     assert t.terms["load_transient_bytes"] == 0 and t.load_peak_bytes == t.terms["weights_bytes"]
     cast = cuda_totals(LLAMA, W, "A100-80GB", source_dtype="fp32")  # a cast on the device
     assert cast.terms["load_transient_bytes"] == 128256 * 4096 * 4
+
+
+def test_bnb_inference_transients_follow_the_gpu():
+    w8 = Workload(batch=1, prompt_len=2048, dtype="bf16", weights="int8")
+    t = cuda_totals(LLAMA, w8, "A100-80GB", since="load")
+    m, k, n = 2048, 4096, 14336  # the largest Linear: the MLP's up/gate projection
+    # the int8 matmul's phase: row stats, the int8 input, the int32 result and its fp16 dequant beside the output
+    assert t.terms["bnb_transient_bytes"] == m * 4 + m * k + m * n * 4 + m * n * 2
+    w4 = Workload(batch=1, prompt_len=2048, dtype="bf16", weights="nf4")
+    a100 = cuda_totals(LLAMA, w4, "A100-80GB").terms["bnb_transient_bytes"]
+    assert a100 == n * k * 2  # 2048 tokens > 1536: dequantize the weight in bf16 (the workload's dtype), F.linear
+    decode = Workload(batch=1, prompt_len=1, dtype="bf16", weights="nf4")
+    assert cuda_totals(LLAMA, decode, "A100-80GB").terms["bnb_transient_bytes"] == 0  # fused kernel
 
 
 def test_bnb_legacy_shapes():

@@ -32,13 +32,13 @@ from typing import Any, Mapping
 
 from estimator.errors import MemcalError
 
-from . import bnb
 from .alloc_config import AllocatorOptions, parse_alloc_conf
 from .allocator import Allocator
 from .gpus import GpuProfile, load_gpu
 from .sdpa import SdpaCall, SdpaEnv, select_backend
 from .sdpa_buffers import peak as events_peak
 from .sdpa_buffers import sdpa_events
+from .target_bnb import bnb_kind, inference_transient, load_transient
 from .workspaces import workspace_allocations
 
 BLOCK = 512          # kMinBlockSize: every CUDA allocation is rounded up to it
@@ -122,69 +122,6 @@ def sdpa_extra(spec, workload, gpu: GpuProfile, q_len: int, kv_len: int) -> tupl
     return backend, held - cpu_flash_bytes(call)
 
 
-def _bnb_kind(spec, workload) -> str | None:
-    """"int8", "4bit" or None: what bitsandbytes quantizes this model's Linear layers to."""
-    from estimator import quant
-    scheme = quant.scheme_for(spec, workload)
-    if workload.weights == "int8" or (scheme.method == "bitsandbytes" and scheme.options.get("bits") == 8):
-        return "int8"
-    if workload.weights in ("nf4", "fp4") or scheme.method == "bitsandbytes":
-        return "4bit"
-    return None
-
-
-def _largest_quantized(spec):
-    from estimator.params import parameter_layout
-    quantized = [g for g in parameter_layout(spec).linears if g.quantizable and g.kind in ("linear", "conv1d")]
-    return max(quantized, key=lambda x: x.in_features * x.out_features) if quantized else None
-
-
-def legacy_4bit_transient(spec, workload, compute_dtype: str = "fp32") -> tuple[int, str]:
-    """bitsandbytes before 0.43: the largest 4-bit Linear's dequantized weight in fp16 and its compute-dtype
-    copy, over its output (bnb.linear4bit_legacy_phases), in the prompt's forward (more than one token)."""
-    g = _largest_quantized(spec)
-    tokens = workload.batch * workload.prompt_len
-    if g is None:
-        return 0, ""
-    phases = bnb.linear4bit_legacy_phases(tokens, g.in_features, g.out_features, workload.dtype, compute_dtype)
-    name, alive = bnb.peak_phase(phases)
-    extra = sum(size for _, size in alive) - tokens * g.out_features * workload.dtype_bytes
-    return max(extra, 0), f"bitsandbytes < 0.43 4-bit: {g.name} '{name}' ({', '.join(n for n, _ in alive)})"
-
-
-_LOAD_TRANSIENTS = {"weight_fp16", "source_weight", "weight_on_device", "CBt", "SCBt", "absmax_minus_offset"}
-
-
-def load_transient(spec, workload, options, gpu: GpuProfile, source_dtype: str | None = None,
-                   bnb_legacy: bool = False) -> tuple[int, str]:
-    """(bytes beyond the loaded weights at the worst tensor of from_pretrained, what it is).
-
-    A checkpoint in another dtype is cast on the CPU before it moves (transformers and accelerate cast
-    then copy): no device transient unless ``source_dtype`` says the cast happens on the device."""
-    from estimator import quant
-    from estimator.params import parameter_layout
-    layout = parameter_layout(spec)
-    source = source_dtype or workload.dtype
-    scheme = quant.scheme_for(spec, workload)
-    kind = _bnb_kind(spec, workload)
-    g = _largest_quantized(spec)
-    if kind and g is not None:
-        double = bool(scheme.options.get("double_quant", workload.double_quant))
-        if kind == "int8":
-            phases = bnb.int8_load_phases(g.out_features, g.in_features, source, transposed=bnb_legacy)
-        else:
-            phases = bnb.nf4_load_phases(g.out_features, g.in_features, source, double_quant=double)
-        name, alive = bnb.peak_phase(phases)
-        gone = _LOAD_TRANSIENTS | ({"absmax"} if kind == "4bit" and double else set())
-        extra = sum(size for n, size in alive if n in gone)  # what quantizing holds that the weight does not keep
-        return extra, f"{g.name} {name} ({', '.join(n for n, _ in alive)})"
-    if source != workload.dtype:
-        from estimator.workload import DTYPE_BYTES
-        largest = max(_prod(shape) for _, shape, _ in layout.stored())
-        return largest * DTYPE_BYTES[source], f"the largest tensor in {source} beside its {workload.dtype} cast"
-    return 0, "each tensor cast on the CPU, then copied to the GPU (no device transient)"
-
-
 # --- the totals -------------------------------------------------------------------------------------
 def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, options=None,
                 env: Mapping[str, str] | None = None, since: str = "process",
@@ -206,8 +143,8 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
     gpu = gpu if isinstance(gpu, GpuProfile) else load_gpu(gpu)
     env = dict(env or {})
     options = options or Options(device="cuda")
-    legacy4 = bnb_legacy and _bnb_kind(spec, workload) == "4bit"
-    if legacy4:  # the formula's own CUDA term is bitsandbytes 0.50's path: priced here the old way instead
+    quantized = bnb_kind(spec, workload) is not None
+    if quantized:  # the formula's own bnb term is 0.50's 4-bit path on an A100: priced here for this GPU instead
         from dataclasses import replace
         breakdown = formula.estimate(spec, workload, replace(options, device=None))
     breakdown = breakdown or formula.estimate(spec, workload, options)
@@ -225,11 +162,10 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
         notes.append("flash_attention_2: its buffers are taken as flash SDPA's (unpadding buffers not modelled)")
     ws = sum(workspaces)
     extra = max(breakdown.total_bytes + extra, attention_point) - breakdown.total_bytes
-    bnb_extra = 0
-    if legacy4:
-        bnb_extra, what = legacy_4bit_transient(spec, workload, options.bnb_compute_dtype or "fp32")
-        notes.append(f"{what}: +{bnb_extra:,} B at the largest 4-bit matmul")
-    inference = breakdown.total_bytes + extra + bnb_extra + rounding + ws
+    bnb_extra, what = inference_transient(spec, workload, gpu, options.bnb_compute_dtype, bnb_legacy)
+    if bnb_extra:
+        notes.append(f"{what}: +{bnb_extra:,} B at the largest quantized matmul (an upper bound)")
+    inference = breakdown.total_bytes + bnb_extra + extra + rounding + ws
     if extra and attention_point == breakdown.total_bytes + extra:
         notes.append(f"the {backend} SDPA call sets the CUDA peak: weights + KV + its inputs + its buffers")
     load_extra, load_what = load_transient(spec, workload, options, gpu, source_dtype, bnb_legacy)
@@ -242,11 +178,11 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
                          load_extra, since, alloc_options, gpu)
     terms = {"weights_bytes": breakdown.weights_bytes, "kv_cache_bytes": breakdown.kv_cache_bytes,
              "activation_bytes": breakdown.activation_bytes, "block_rounding_bytes": rounding,
-             "cublas_workspace_bytes": ws, "sdpa_extra_bytes": extra, "bnb_legacy_bytes": bnb_extra,
+             "cublas_workspace_bytes": ws, "sdpa_extra_bytes": extra, "bnb_transient_bytes": bnb_extra,
              "load_transient_bytes": load_extra,
              "context_bytes": gpu.context_bytes}
     notes.append(f"context {gpu.context_bytes:,} B is an estimate (+-256 MiB) until measured on this GPU")
-    return CudaTotals(gpu.name, breakdown.total_bytes, allocated, reserved, reserved + gpu.context_bytes,
+    return CudaTotals(gpu.name, breakdown.total_bytes + bnb_extra, allocated, reserved, reserved + gpu.context_bytes,
                       inference, load_peak, phase, backend, load_what, terms, tuple(notes))
 
 
