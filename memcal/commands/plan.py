@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     gpu = gpu_from_args(args)
     if not 0 < args.utilization <= 1:
         raise MemcalError(f"--utilization must be in (0, 1], got {args.utilization}")
+    if gpu is not None and args.verify:
+        raise MemcalError("--verify checks the tensor level under a cap on the dry run; with --gpu the plan is "
+                          "against the device total: check it with `memcal measure --device dry-run --gpu`")
     if args.memory is None and gpu is None:
         raise MemcalError("say how much memory: --memory SIZE, or --gpu NAME")
     try:
