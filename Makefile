@@ -38,8 +38,8 @@ demo: $(STAMP)
 # venv's, whose torch is the CPU build unless installed otherwise); without a GPU it says so and exits 0.
 GPU_PYTHON ?= $(BIN)/python
 gpu-check:
-	@if [ "$(GPU_PYTHON)" = "$(BIN)/python" ]; then $(MAKE) --no-print-directory $(STAMP); fi
-	$(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
+	@if [ "$(GPU_PYTHON)" = "$(BIN)/python" ] && [ ! -f $(STAMP) ]; then $(MAKE) --no-print-directory install; fi
+	@$(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(XDIST)

@@ -154,3 +154,32 @@ def test_sweep_with_a_cuda_target_records_its_totals(tmp_path):
     from harness.sweep import load_results
     frame = load_results(out)
     assert int(frame["cuda_reserved_bytes"].iloc[0]) == point["cuda_reserved_bytes"]
+
+
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line(capsys, monkeypatch, tmp_path):
+    gpu_check = _gpu_check()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["gpu_check.py", "--out", str(tmp_path)])
+    assert gpu_check.main() == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no CUDA GPU" in out[0] and not any(tmp_path.iterdir())
+
+
+def test_gpu_check_point_and_report_on_this_machine():
+    gpu_check = _gpu_check()
+    gpu = get_gpu("A100-80GB")
+    row = gpu_check.check_point(tiny("llama"), 1, 8, 0, "bf16", gpu)
+    assert row["cuda"]["status"] == "unsupported"  # no CUDA here: the real point is data, not an exception
+    assert row["dry_run"]["cuda_gpu"] == "A100-80GB" and row["formula"]["gpu"] == "A100-80GB"
+    text = gpu_check.report([row], gpu, gpu.usable_bytes)
+    assert text.count("| allocated |") == 1 and "n/a" in text
