@@ -176,6 +176,7 @@ class CudaTargetTracker(StorageTracker):
                           device_bytes=alloc.max_reserved_bytes + self.gpu.context_bytes,
                           context_bytes=self.gpu.context_bytes, load_allocated_bytes=load_allocated,
                           load_reserved_bytes=load_reserved, fits=alloc.max_reserved_bytes <= fits,
+                          usable_bytes=self.gpu.usable_bytes,
                           backends=dict(self.backends), events=len(self.events))
 
 

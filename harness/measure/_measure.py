@@ -181,6 +181,9 @@ def _cuda_fields(tracker, notes: list, status: str) -> dict:
     backends = ", ".join(f"{b} x{n}" for b, n in sorted(replay["backends"].items())) or "none"
     notes.append(f"CUDA target {replay['gpu']}: SDPA backends {backends}; {replay['events']} allocator events; "
                  f"context {replay['context_bytes']:,} B (an estimate)")
+    if not replay["fits"]:
+        notes.append(f"CUDA target {replay['gpu']}: would run out of memory: {replay['reserved_bytes']:,} B reserved "
+                     f"+ the context pass its {replay['usable_bytes']:,} B")
     if status != "ok":
         return {"cuda_gpu": replay["gpu"]}
     return {"cuda_gpu": replay["gpu"], "cuda_allocated_bytes": replay["allocated_bytes"],
