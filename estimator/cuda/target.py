@@ -2,27 +2,23 @@
 
 Four totals, each an int of bytes, each named as the number a CUDA user reads:
 
-* ``tensor_peak_bytes``: memcal's formula (live tensor storages at the peak; what the dry run counts);
+* ``tensor_peak_bytes``: memcal's formula (live tensor storages at the peak; what the dry run counts),
+  with bitsandbytes' CUDA transient of its largest quantized Linear for this GPU (target_bnb.py);
 * ``allocated_bytes``: predicted ``torch.cuda.max_memory_allocated()``: the tensor peak with every
-  tensor rounded to the allocator's 512 B blocks, plus the cuBLAS (and cuBLASLt) workspace made by
-  the first matmul and kept (workspaces.py), plus what the chosen SDPA backend holds at its peak
-  beyond what the CPU kernel the formula was derived from holds (sdpa.py, sdpa_buffers.py), plus
-  bitsandbytes' CUDA transient (estimator/quant/cuda.py, already in the formula's activations when
-  the device is cuda); and the load peak when loading is counted (``since="process"``);
+  weight rounded to the allocator's 512 B blocks, plus the cuBLAS (and, with a Linear bias, cuBLASLt)
+  workspace made by the first matmul and kept (workspaces.py), plus what the chosen SDPA backend holds
+  beyond the CPU kernel the formula was derived from (sdpa.py, sdpa_buffers.py) where that sets the
+  peak; and the load peak when loading is counted (``since="process"``, target_bnb.load_transient);
 * ``reserved_bytes``: predicted ``torch.cuda.max_memory_reserved()``: the weights (one block each),
-  the workspaces, the KV cache (one block per layer's key and value) and the activation peak (one
-  block) replayed through the caching allocator model (allocator.py). The forward's own order of
-  allocations and frees is not known to the formula, so fragmentation inside a forward is not seen:
-  the CUDA-target dry run (harness.measure, ``--device dry-run --gpu``) replays the real order;
+  the workspaces, the KV cache (one block per layer's key and value), a prefill's layer working set
+  (MLP-sized blocks, freed and cached) and the activation peak (one block) replayed through the
+  caching allocator model (allocator.py). The forward's real order of allocations and frees is the
+  CUDA-target dry run's (harness.measure, ``--device dry-run --gpu``), which replays every event;
 * ``device_bytes``: reserved + the CUDA context (gpus.py: an estimate, 512 MiB +- 256 MiB), what
   nvidia-smi / NVML shows for the process and what an OOM hits first.
 
-Loading (``load_peak``): from_pretrained of a safetensors checkpoint to the GPU puts each tensor on
-the device in turn; the transient is one tensor: a dtype cast on the device keeps the source tensor
-beside its cast copy; bitsandbytes int8 quantize-on-load keeps an fp16 copy beside CB and SCB
-(bnb.int8_load_phases), 4-bit the source weight beside the packed data and its statistics
-(bnb.nf4_load_phases). The load peak is all the weights + the largest such transient; a run measured
-from process start (as published numbers are: peaks never reset) peaks at max(load, inference).
+A run measured from process start (as published numbers are: peaks never reset) peaks at
+max(load, inference).
 """
 from __future__ import annotations
 
@@ -84,8 +80,8 @@ class CudaTotals:
 
 # --- the pieces -------------------------------------------------------------------------------------
 def weight_tensor_sizes(spec, workload) -> list[int]:
-    """Bytes of each parameter tensor as the model holds it (dense: the compute dtype; quantized
-    formats: one block per tensor of their priced total, spread evenly, an approximation)."""
+    """Bytes of each parameter tensor of the dense model in the compute dtype (its blocks; a quantized
+    model's weights are replayed as one block of their priced total instead, an approximation)."""
     from estimator.params import parameter_layout
     layout = parameter_layout(spec)
     e = workload.dtype_bytes
@@ -159,7 +155,7 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
     if workload.attention == "sdpa":
         backend, extra, attention_point = _sdpa_terms(spec, workload, gpu, breakdown)
     if workload.attention == "flash":
-        notes.append("flash_attention_2: its buffers are taken as flash SDPA's (unpadding buffers not modelled)")
+        notes.append("flash_attention_2: its CUDA buffers (fp32 logsumexp, unpadding with a padding mask) are not added")
     ws = sum(workspaces)
     extra = max(breakdown.total_bytes + extra, attention_point) - breakdown.total_bytes
     bnb_extra, what = inference_transient(spec, workload, gpu, options.bnb_compute_dtype, bnb_legacy)
