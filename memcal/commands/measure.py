@@ -12,7 +12,8 @@ import warnings
 from estimator.errors import MemcalError
 from estimator.units import parse_size
 
-from .estimate import add_gpu_arguments, add_workload_arguments, cuda_env, gpu_from_args, workload_from_args
+from .estimate import add_workload_arguments, workload_from_args
+from .gpu_options import add_gpu_arguments, cuda_env, gpu_from_args
 
 DEVICES = ("cpu", "dry-run", "cuda", "mps")
 

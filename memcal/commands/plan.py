@@ -12,7 +12,8 @@ from estimator.errors import MemcalError
 from estimator.formulas import FORMULAS
 from estimator.units import parse_size
 
-from .estimate import add_gpu_arguments, add_workload_arguments, cuda_env, gpu_from_args
+from .estimate import add_workload_arguments
+from .gpu_options import add_gpu_arguments, cuda_env, gpu_from_args
 
 
 def register(p: argparse.ArgumentParser) -> None:
