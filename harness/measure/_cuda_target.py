@@ -19,7 +19,6 @@ outside SDPA and matmuls.
 """
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from typing import Any, Mapping
 
@@ -28,7 +27,7 @@ import torch
 from estimator.cuda import Allocator, GpuProfile, SdpaCall, SdpaEnv, parse_alloc_conf, sdpa_events, select_backend
 from estimator.cuda.workspaces import cublas_workspace_bytes, cublaslt_uses_cublas_workspace, cublaslt_workspace_bytes
 
-from ._tracker import StorageTracker, _call_freed
+from ._tracker import StorageTracker
 
 __all__ = ["CudaTargetTracker", "CudaReplay"]
 
@@ -70,29 +69,21 @@ class CudaTargetTracker(StorageTracker):
         self.events.append(("alloc", self._ids[key], nbytes))
 
     def _see(self, t: torch.Tensor, op) -> None:
+        """The tracker's own count (unchanged), and an event for each new or resized storage."""
         if t.device.type != self.device_type:
             return
         try:
-            st = t.untyped_storage()
+            key = t.untyped_storage()._cdata
         except (RuntimeError, NotImplementedError):
             return
-        key, nbytes = st._cdata, st.nbytes()
-        entry = self._refs.get(key)
-        if entry is not None and entry[0]() is st:
-            if nbytes != entry[1]:
-                self._refs[key] = (entry[0], nbytes)
-                self._change(nbytes - entry[1], op)
-                if not self._quiet and key in self._ids:  # resized: a new block
-                    self.events.append(("free", self._ids.pop(key)))
-                    self._alloc(key, nbytes)
+        before = self._refs.get(key)
+        super()._see(t, op)
+        after = self._refs.get(key)
+        if after is before or after is None or self._quiet:
             return
-        if entry is not None:  # a stale entry under a reused key: its storage is gone
-            self._freed(key)
-        ref = weakref.ref(st, lambda _r, key=key, tracker=self._self_ref: _call_freed(tracker, key, _r))
-        self._refs[key] = (ref, nbytes)
-        self._change(nbytes, op)
-        if not self._quiet:
-            self._alloc(key, nbytes)
+        if key in self._ids:  # resized in place, or a storage gone under a reused key: a new block
+            self.events.append(("free", self._ids.pop(key)))
+        self._alloc(key, after[1])
 
     def _freed(self, key: int) -> None:
         super()._freed(key)
