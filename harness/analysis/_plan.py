@@ -70,7 +70,8 @@ def _at(base: Workload, axis: str, value: int) -> Workload:
 
 def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | None = None,
          formula: str = "memcal", calibration: Any = None, max_batch: int = MAX_BATCH, gpu: Any = None,
-         cuda_env: dict | None = None, since: str = "process", **workload_fields: Any) -> Plan:
+         cuda_env: dict | None = None, since: str = "process", bnb_legacy: bool = False,
+         **workload_fields: Any) -> Plan:
     """The largest batch for ``seq``, or the longest prompt for ``batch``, whose predicted total fits.
 
     With ``gpu`` (a GpuProfile; memcal's formula only) the total that must fit is the CUDA device total
@@ -113,7 +114,8 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
             return None
         if value not in cuda_cache:
             from estimator.cuda.target import cuda_totals
-            cuda_cache[value] = cuda_totals(spec, _at(base, axis, value), gpu, env=cuda_env, since=since)
+            cuda_cache[value] = cuda_totals(spec, _at(base, axis, value), gpu, env=cuda_env, since=since,
+                                            bnb_legacy=bnb_legacy)
         return cuda_cache[value]
 
     def fits(value: int) -> bool:

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if gpu is not None and "memcal" in result.breakdowns:
         from estimator.cuda.target import cuda_totals
         totals = cuda_totals(result.spec, result.workload, gpu, breakdown=result.breakdowns["memcal"],
-                             options=options, env=cuda_env(args), since=args.since)
+                             options=options, env=cuda_env(args), since=args.since, bnb_legacy=args.bnb_legacy)
     elif gpu is not None:
         raise MemcalError("--gpu prices memcal's formula: include --formula memcal")
     if args.json:

@@ -17,6 +17,9 @@ def add_gpu_arguments(p: argparse.ArgumentParser) -> None:
                         "cuda_total_bytes=79GiB, sm_count=132, compute_capability=9.0")
     p.add_argument("--alloc-conf", default=None, metavar="TEXT",
                    help="PYTORCH_CUDA_ALLOC_CONF for the CUDA totals (e.g. expandable_segments:True)")
+    p.add_argument("--bnb-legacy", action="store_true",
+                   help="price bitsandbytes as before 0.43-0.45 (2023): int8 load also makes CBt/SCBt, 4-bit "
+                        "matmuls dequantize to fp16 and cast to the compute dtype")
     p.add_argument("--since", default="process", choices=("process", "load"),
                    help="CUDA peaks since process start, loading included (default, as published numbers are), "
                         "or reset after loading")

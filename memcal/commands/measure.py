@@ -58,17 +58,18 @@ def _estimate(spec, workload, device: str | None = None):
         return None
 
 
-def _cuda_formula(est, gpu, env: dict | None, since: str):
+def _cuda_formula(est, gpu, env: dict | None, since: str, bnb_legacy: bool = False):
     """memcal's four CUDA totals on `gpu` (None without a GPU or without memcal's breakdown)."""
     if gpu is None or est is None or "memcal" not in est.breakdowns:
         return None
     from estimator.cuda.target import cuda_totals
-    return cuda_totals(est.spec, est.workload, gpu, breakdown=est.breakdowns["memcal"], env=env, since=since)
+    return cuda_totals(est.spec, est.workload, gpu, breakdown=est.breakdowns["memcal"], env=env, since=since,
+                       bnb_legacy=bnb_legacy)
 
 
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
                     load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False,
-                    gpu=None, cuda_env: dict | None = None, since: str = "load"):
+                    gpu=None, cuda_env: dict | None = None, since: str = "load", bnb_legacy: bool = False):
     """The verb as a plain function: (record, estimate, CUDA totals of memcal's formula or None).
 
     ``gpu`` (dry-run: the CUDA target; cuda: the profile to compare with). ``since``: the formula's
@@ -86,7 +87,7 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
                      trust_remote_code=trust_remote_code, isolate=isolate, gpu=target, cuda_env=cuda_env)
     est = _estimate(spec, workload, "cuda" if gpu is not None else None)
-    return record, est, _cuda_formula(est, gpu, cuda_env, since)
+    return record, est, _cuda_formula(est, gpu, cuda_env, since, bnb_legacy)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     record, est, cuda = measure_command(args.model, workload, device=args.device, memory_cap=_cap(args.memory_cap),
                                         load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
                                         isolate=args.isolate, gpu=gpu, cuda_env=cuda_env(args),
-                                        since="load")  # a measurement resets peaks after loading
+                                        since="load",  # a measurement resets peaks after loading
+                                        bnb_legacy=args.bnb_legacy)
     if args.json:
         print(json.dumps(measurement_json(record, est, cuda), indent=2))
     else:

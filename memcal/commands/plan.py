@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         memory = parse_size(args.memory) if args.memory else int(gpu.usable_bytes * args.utilization)
     except ValueError as exc:
         raise MemcalError(str(exc)) from None
-    extra = dict(gpu=gpu, cuda_env=cuda_env(args), since=args.since) if gpu is not None else {}
+    extra = dict(gpu=gpu, cuda_env=cuda_env(args), since=args.since, bnb_legacy=args.bnb_legacy) \
+        if gpu is not None else {}
     result = plan(args.model, memory, batch=args.batch, seq=args.seq, formula=args.formula,
                   calibration=args.calibration, **extra, **_workload_fields(args))
     check = verify(result) if args.verify else None
