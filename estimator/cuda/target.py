@@ -151,9 +151,10 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
     dense = workload.weights in ("none", "dense") and breakdown.weights_bytes >= sum(sizes)
     rounding = sum(ceil_block(s) - s for s in sizes) if dense else 0
     workspaces = workspace_allocations(gpu, env, cublaslt=_has_bias(spec))
-    backend, extra, attention_point = None, 0, 0
+    backend, extra, attention_point, sdpa_blocks = None, 0, 0, []
     if workload.attention == "sdpa":
         backend, extra, attention_point = _sdpa_terms(spec, workload, gpu, breakdown)
+        sdpa_blocks = _sdpa_blocks(spec, workload, gpu, backend)
     if workload.attention == "flash":
         notes.append("flash_attention_2: its CUDA buffers (fp32 logsumexp, unpadding with a padding mask) are not added")
     ws = sum(workspaces)
@@ -171,7 +172,7 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
 
     reserved = _reserved(sizes if dense else [breakdown.weights_bytes], workspaces, spec, workload, breakdown,
                          inference - breakdown.weights_bytes - rounding - ws - breakdown.kv_cache_bytes,
-                         load_extra, since, alloc_options, gpu)
+                         load_extra, since, alloc_options, gpu, sdpa_blocks)
     terms = {"weights_bytes": breakdown.weights_bytes, "kv_cache_bytes": breakdown.kv_cache_bytes,
              "activation_bytes": breakdown.activation_bytes, "block_rounding_bytes": rounding,
              "cublas_workspace_bytes": ws, "sdpa_extra_bytes": extra, "bnb_transient_bytes": bnb_extra,
@@ -199,6 +200,13 @@ def _sdpa_terms(spec, workload, gpu: GpuProfile, breakdown) -> tuple[str, int, i
     return backend, (extra if at_attention else 0), point
 
 
+def _sdpa_blocks(spec, workload, gpu: GpuProfile, backend: str) -> list[int]:
+    """The blocks the prompt's SDPA call holds at its peak on CUDA, beyond its output (for the replay)."""
+    s = workload.prompt_len
+    _, live = events_peak(sdpa_events(sdpa_call(spec, workload, s, s), backend, gpu.sm_count))
+    return [size for name, size in live if name != "out"]
+
+
 def _where(breakdown) -> str:
     return next((n for n in breakdown.notes if n.startswith("peak set by")), "").lower()
 
@@ -210,11 +218,12 @@ def _has_bias(spec) -> bool:
 
 
 def _reserved(weights: list[int], workspaces: list[int], spec, workload, breakdown, activations: int, load_extra: int,
-              since: str, options: AllocatorOptions, gpu: GpuProfile) -> int:
+              since: str, options: AllocatorOptions, gpu: GpuProfile, sdpa_blocks: list[int] = ()) -> int:
     """max_memory_reserved from a replay: weights (one block each), the load transient (freed), the
     workspaces, the KV cache (a key and a value block per layer), then for a prefill the layers' working
     set (blocks of one MLP intermediate each, freed: they stay cached) before the activation peak (one
-    block): a peak in the logits cannot reuse the smaller cached blocks of the layers."""
+    block): a peak in the logits cannot reuse the smaller cached blocks of the layers. ``sdpa_blocks``:
+    the CUDA SDPA call's blocks alive at its peak (math's fp32 copies and scores), cached the same way."""
     alloc = Allocator(options, capacity_bytes=None, device_total_bytes=gpu.usable_bytes)
     for size in weights:
         alloc.malloc(size)
@@ -229,7 +238,7 @@ def _reserved(weights: list[int], workspaces: list[int], spec, workload, breakdo
     if per_layer:
         for _ in range(2 * layers):
             alloc.malloc(per_layer)
-    for handle in [alloc.malloc(size) for size in _layer_blocks(spec, workload, activations)]:
+    for handle in [alloc.malloc(size) for size in [*_layer_blocks(spec, workload, activations), *sdpa_blocks]]:
         alloc.free(handle)  # all alive at once, then cached
     if activations > 0:
         alloc.malloc(activations)
