@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         totals = cuda_totals(result.spec, result.workload, gpu, breakdown=result.breakdowns["memcal"],
                              options=options, env=cuda_env(args), since=args.since, bnb_legacy=args.bnb_legacy)
     elif gpu is not None:
-        raise MemcalError("--gpu prices memcal's formula: include --formula memcal")
+        why = result.refusals.get("memcal")
+        raise MemcalError(f"--gpu prices memcal's formula, which cannot answer here: {why}" if why else
+                          "--gpu prices memcal's formula: include --formula memcal")
     if args.json:
         out = result.to_dict()
         if totals is not None:
