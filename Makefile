@@ -10,7 +10,7 @@ DEMO_MODEL ?= meta-llama/Llama-3.1-8B
 # pytest-xdist: one worker per core, at most 4 (each worker imports torch and transformers).
 XDIST ?= -n auto --maxprocesses 4
 
-.PHONY: install demo test test-fast lint bench report-check clean
+.PHONY: install demo test test-fast lint bench report-check clean gpu-check
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: $(STAMP)
 	$(BIN)/memcal plan $(DEMO_MODEL) --memory 24GiB --seq 8192 --calibration $(DEMO_OUT)/calibration.json
 	@echo ""
 	@echo "report: $(DEMO_OUT)/report/report.html (Markdown: $(DEMO_OUT)/report/report.md)"
+
+# On a machine with a CUDA GPU: real CUDA measurements beside the CUDA-target dry run and memcal's formula
+# (tools/gpu_check.py, <= 10 min). It needs a Python with a CUDA build of torch (GPU_PYTHON, default: the
+# venv's, whose torch is the CPU build unless installed otherwise); without a GPU it says so and exits 0.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check:
+	@if [ "$(GPU_PYTHON)" = "$(BIN)/python" ] && [ ! -f $(STAMP) ]; then $(MAKE) --no-print-directory install; fi
+	@$(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(XDIST)

@@ -2,6 +2,10 @@
 
 Schema history (``schema_version``):
   1 -- first version (issue 3).
+  2 -- the dry run's CUDA target (issue 16): ``cuda_gpu`` (the GPU profile emulated, "" when none) and
+       ``cuda_allocated_bytes``, ``cuda_reserved_bytes``, ``cuda_device_bytes``: what that GPU's
+       max_memory_allocated, max_memory_reserved and NVML total would show (predicted, never measured).
+       Version 1 records load with them empty.
 
 A field that a probe cannot measure on a device is None, never 0 or -1: a CPU build's
 torch.cuda.max_memory_allocated() returns 0, and a zero is never taken as a measurement.
@@ -15,7 +19,7 @@ from typing import Any, Mapping
 
 __all__ = ["BYTE_FIELDS", "DEVICES", "Measurement", "PEAK_ORDER", "SCHEMA_VERSION", "STATUSES", "peak_bytes"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "oom", "unsupported", "error", "skipped", "crashed", "timeout")
 DEVICES = ("cpu", "dry-run", "cuda", "mps")
 
@@ -31,6 +35,9 @@ BYTE_FIELDS = (
     "peak_device_bytes",      # process-level: NVML per-process used (cuda), high-water RSS (cpu, fresh process)
     "non_torch_bytes",        # device memory the process uses outside torch's allocator (cuda: context, cuBLAS)
     "memory_cap_bytes",       # the cap the tracker enforced (cpu, dry-run), if any
+    "cuda_allocated_bytes",   # dry run with a CUDA target: predicted max_memory_allocated on cuda_gpu
+    "cuda_reserved_bytes",    # ... predicted max_memory_reserved (the caching allocator model's replay)
+    "cuda_device_bytes",      # ... predicted process total (reserved + the profile's CUDA context)
 )
 
 
@@ -80,8 +87,12 @@ class Measurement:
     peak_device_bytes: int | None = None
     non_torch_bytes: int | None = None
     memory_cap_bytes: int | None = None
+    cuda_allocated_bytes: int | None = None
+    cuda_reserved_bytes: int | None = None
+    cuda_device_bytes: int | None = None
     wall_time_s: float | None = None
     peak_op: str = ""
+    cuda_gpu: str = ""
     notes: tuple[str, ...] = ()
     env: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION

@@ -133,7 +133,7 @@ def test_record_roundtrip_and_validation():
     r = measure(tiny("llama"), Workload(batch=1, prompt_len=4, dtype="fp32"), device="cpu")
     data = r.to_dict()
     assert all(isinstance(data[k], int) for k in ("weights_bytes", "kv_cache_bytes", "peak_tensor_bytes"))
-    assert data["env"]["torch"] == torch.__version__ and data["schema_version"] == 1
+    assert data["env"]["torch"] == torch.__version__ and data["schema_version"] == 2  # 2: CUDA target fields
     assert Measurement.from_dict(data) == r
     with pytest.raises(TypeError):
         dataclasses.replace(r, weights_bytes=1.5)

@@ -89,13 +89,39 @@ def linear8bit_phases(tokens: int, in_features: int, out_features: int, input_dt
 
 
 def int8_load_phases(out_features: int, in_features: int, source_dtype: str = "bf16",
-                     source_on_device: bool = False) -> list[Phase]:
-    """Int8Params._quantize: the fp16 copy on the device beside CB (int8) and SCB (fp32 per row)."""
+                     source_on_device: bool = False, transposed: bool = False) -> list[Phase]:
+    """Int8Params._quantize: the fp16 copy on the device beside CB (int8) and SCB (fp32 per row).
+
+    ``transposed``: bitsandbytes before 0.45 also made the transposed int8 copy CBt and its fp32 column
+    scales SCBt, deleted after quantizing (0.41.0 nn/modules.py Int8Params.cuda: ``B = self.data.contiguous()
+    .half().cuda(device)``; ``CB, CBt, SCB, SCBt, coo_tensorB = bnb.functional.double_quant(B)``; ``del CBt``)."""
     _check(1, in_features, out_features, source_dtype, source_dtype)
     n, k = out_features, in_features
     source = [("source_weight", n * k * DTYPE_BYTES[source_dtype])] if source_on_device else []
     fp16 = [] if source_on_device and source_dtype == "fp16" else [("weight_fp16", n * k * 2)]
-    return [("int8_vectorwise_quant(weight)", source + fp16 + [("CB", n * k), ("SCB", n * 4)])]
+    legacy = [("CBt", n * k), ("SCBt", k * 4)] if transposed else []
+    return [("int8_vectorwise_quant(weight)", source + fp16 + [("CB", n * k), ("SCB", n * 4)] + legacy)]
+
+
+def linear4bit_legacy_phases(tokens: int, in_features: int, out_features: int, input_dtype: str = "fp16",
+                             compute_dtype: str = "fp32", storage_dtype: str = "fp16") -> list[Phase]:
+    """Linear4bit.forward with bitsandbytes before 0.43 (2023; the published octocoder numbers): the input
+    cast to the compute dtype; one token runs gemv_4bit (no dequantized weight); more run MatMul4Bit:
+    ``F.linear(A, F.dequantize_4bit(B, state).to(A.dtype).t())``: the weight dequantized in the dtype
+    it was quantized from (``storage_dtype``: Params4bit.cuda quantized ``self.data.contiguous().half()``) and,
+    at the cast, its copy in the compute dtype beside it (0.41 autograd/_functions.py MatMul4Bit.forward, read
+    from stored copies)."""
+    _check(tokens, in_features, out_features, input_dtype, compute_dtype, storage_dtype)
+    n, k, c = out_features, in_features, DTYPE_BYTES[compute_dtype]
+    cast_in = [("input_compute_dtype", tokens * k * c)] if compute_dtype != input_dtype else []
+    out_c = ("output_compute_dtype", tokens * n * c)
+    if tokens == 1:
+        return [("gemv_4bit", cast_in + [out_c])]
+    dequant = [("weight_dequantized", n * k * DTYPE_BYTES[storage_dtype])]
+    if storage_dtype == compute_dtype:
+        return [("dequantize_4bit + F.linear", cast_in + dequant + [out_c])]
+    return [("dequantize_4bit().to(compute dtype)", cast_in + dequant + [("weight_compute_dtype", n * k * c)]),
+            ("F.linear", cast_in + [("weight_compute_dtype", n * k * c), out_c])]
 
 
 def nf4_load_phases(out_features: int, in_features: int, source_dtype: str = "bf16", source_on_device: bool = False,

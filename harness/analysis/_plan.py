@@ -43,6 +43,8 @@ class Plan:
     next_breakdown: Breakdown | None
     limit: int                        # the largest value searched (max positions for seq)
     calibration: str = ""             # the profile's name, if one was applied
+    cuda: Any = None                  # with a GPU: estimator.cuda.target.CudaTotals at the planned point (or at 1)
+    next_cuda: Any = None             # ... and one step further
 
     @property
     def fits(self) -> bool:
@@ -56,7 +58,10 @@ class Plan:
                 "workload": wl(self.workload), "breakdown": self.breakdown.to_dict() if self.breakdown else None,
                 "next_workload": wl(self.next_workload),
                 "next_total_bytes": self.next_breakdown.total_bytes if self.next_breakdown else None,
-                "limit": self.limit}
+                "limit": self.limit,
+                **({"cuda": self.cuda.to_dict() if self.cuda else None,
+                    "next_cuda": self.next_cuda.to_dict() if self.next_cuda else None} if self.cuda or self.next_cuda
+                   else {})}
 
 
 def _at(base: Workload, axis: str, value: int) -> Workload:
@@ -64,9 +69,15 @@ def _at(base: Workload, axis: str, value: int) -> Workload:
 
 
 def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | None = None,
-         formula: str = "memcal", calibration: Any = None, max_batch: int = MAX_BATCH,
+         formula: str = "memcal", calibration: Any = None, max_batch: int = MAX_BATCH, gpu: Any = None,
+         cuda_env: dict | None = None, since: str = "process", bnb_legacy: bool = False,
          **workload_fields: Any) -> Plan:
-    """The largest batch for ``seq``, or the longest prompt for ``batch``, whose predicted total fits."""
+    """The largest batch for ``seq``, or the longest prompt for ``batch``, whose predicted total fits.
+
+    With ``gpu`` (a GpuProfile; memcal's formula only) the total that must fit is the CUDA device total
+    (estimator.cuda.target: reserved + context), not the tensor peak."""
+    if gpu is not None and formula != "memcal":
+        raise MemcalError("--gpu plans with memcal's formula on CUDA: drop --formula or use memcal")
     if (batch is None) == (seq is None):
         raise MemcalError("give --seq S to find the largest batch, or --batch B to find the longest prompt "
                           "(one of them)")
@@ -96,12 +107,26 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
                                         calibration=profile).breakdowns[formula]
         return cache[value]
 
+    cuda_cache: dict[int, Any] = {}
+
+    def on_gpu(value: int):
+        if gpu is None:
+            return None
+        if value not in cuda_cache:
+            from estimator.cuda.target import cuda_totals
+            cuda_cache[value] = cuda_totals(spec, _at(base, axis, value), gpu, env=cuda_env, since=since,
+                                            bnb_legacy=bnb_legacy)
+        return cuda_cache[value]
+
     def fits(value: int) -> bool:
+        if gpu is not None:
+            return on_gpu(value).device_bytes <= memory_bytes
         return predicted(value).total_bytes <= memory_bytes
 
     name = profile.name if profile else ""
     if not fits(1):
-        return Plan(spec, memory_bytes, axis, formula, None, None, None, _at(base, axis, 1), predicted(1), limit, name)
+        return Plan(spec, memory_bytes, axis, formula, None, None, None, _at(base, axis, 1), predicted(1), limit, name,
+                    None, on_gpu(1))
     lo, hi = 1, 2
     while hi <= limit and fits(hi):
         lo, hi = hi, hi * 2
@@ -111,7 +136,8 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     nxt = lo + 1 if lo < limit else None
     return Plan(spec, memory_bytes, axis, formula, lo, _at(base, axis, lo), predicted(lo),
-                _at(base, axis, nxt) if nxt else None, predicted(nxt) if nxt else None, limit, name)
+                _at(base, axis, nxt) if nxt else None, predicted(nxt) if nxt else None, limit, name,
+                on_gpu(lo), on_gpu(nxt) if nxt else None)
 
 
 @dataclass(frozen=True)
@@ -168,12 +194,19 @@ def plan_text(p: Plan, check: Verification | None = None, unit: str = "GiB") -> 
         rows = [[name, human(v, unit), f"{v:,}"] for name, v in (
             ("weights", b.weights_bytes), ("KV cache", b.kv_cache_bytes), ("activations", b.activation_bytes),
             ("overhead", b.overhead_bytes), ("total", b.total_bytes),
-            ("free", p.memory_bytes - b.total_bytes))]
+            ("free", p.memory_bytes - (p.cuda.device_bytes if p.cuda is not None else b.total_bytes)))]
         lines += ["", table(rows, ["component", unit, "bytes"], "lrr"), ""]
+        if p.cuda is not None:
+            c = p.cuda
+            lines += [f"on {c.gpu}: tensor peak {human(c.tensor_peak_bytes, unit)}, "
+                      f"allocated {human(c.allocated_bytes, unit)}, "
+                      f"reserved {human(c.reserved_bytes, unit)}, device total {human(c.device_bytes, unit)} {unit} "
+                      f"(the total planned against)", ""]
         if p.next_breakdown is not None:
             step = f"batch {p.value + 1}" if p.axis == "batch" else f"prompt {p.value + 1}"
-            lines.append(f"next      {step} needs {human(p.next_breakdown.total_bytes, unit)} {unit} "
-                         f"({p.next_breakdown.total_bytes - p.memory_bytes:+,} bytes over)")
+            need = p.next_cuda.device_bytes if p.next_cuda is not None else p.next_breakdown.total_bytes
+            lines.append(f"next      {step} needs {human(need, unit)} {unit} "
+                         f"({need - p.memory_bytes:+,} bytes over)")
     if check is not None:
         def word(m):
             if m is None:

@@ -112,6 +112,8 @@ class DryRunMode(FakeTensorMode):
         if tracker is None or self._inside:  # building, or an op of the mode's own decompositions
             return self._run(asked, types, args, kwargs)
         self._inside = True
+        if tracker.wants_args:  # the CUDA target reads the arguments of the ops it substitutes
+            tracker.note_args(func, args, kwargs or {})
         try:
             out = self._run(asked, types, args, kwargs)
         finally:

@@ -81,10 +81,13 @@ _MEASURED_LABELS = (
     ("peak_device_bytes", "peak, process level"),
     ("non_torch_bytes", "non-torch memory (context, libraries)"),
     ("memory_cap_bytes", "memory cap"),
+    ("cuda_allocated_bytes", "CUDA target: max_memory_allocated"),
+    ("cuda_reserved_bytes", "CUDA target: max_memory_reserved"),
+    ("cuda_device_bytes", "CUDA target: device total (nvidia-smi)"),
 )
 
 
-def measurement_text(record: Measurement, estimate: Any = None, unit: str | None = None) -> str:
+def measurement_text(record: Measurement, estimate: Any = None, unit: str | None = None, cuda: Any = None) -> str:
     """The `memcal measure` display: what was measured, then one row per formula with errors."""
     unit = unit or _display_unit(record)
     wl = record.workload
@@ -109,14 +112,39 @@ def measurement_text(record: Measurement, estimate: Any = None, unit: str | None
         lines += ["", f"formulas vs measured ({unit}; err = (predicted - measured) / measured; activations = "
                       "tensor peak - weights - KV; total vs the most complete measured peak)",
                   table(rows, header, "l" + "r" * 8)]
+    if cuda is not None:
+        lines += ["", cuda_comparison_text(record, cuda, unit)]
     for note in record.notes:
         lines.append(f"note      {note}")
     return "\n".join(lines)
 
 
-def measurement_json(record: Measurement, estimate: Any = None) -> dict[str, Any]:
+_CUDA_ROWS = (("tensor peak", "peak_tensor_bytes", "tensor_peak_bytes"),
+              ("allocated", "cuda_allocated_bytes", "allocated_bytes"),
+              ("reserved", "cuda_reserved_bytes", "reserved_bytes"),
+              ("device total", "cuda_device_bytes", "device_bytes"))
+
+
+def cuda_comparison_text(record: Measurement, cuda: Any, unit: str) -> str:
+    """The four CUDA totals: the dry run's CUDA target (or a real CUDA run) beside memcal's formula on the GPU."""
+    real = {"peak_tensor_bytes": record.peak_tensor_bytes, "cuda_allocated_bytes": record.peak_allocated_bytes,
+            "cuda_reserved_bytes": record.peak_reserved_bytes, "cuda_device_bytes": record.peak_device_bytes} \
+        if record.device == "cuda" else {name: getattr(record, name) for _, name, _ in _CUDA_ROWS}
+    rows = []
+    for label, measured_name, formula_name in _CUDA_ROWS:
+        measured, predicted = real[measured_name], getattr(cuda, formula_name)
+        rows.append([label, _size(measured, unit), _size(predicted, unit), _pct(relative_error(predicted, measured))])
+    source = "measured" if record.device == "cuda" else "dry run"
+    return (f"on {cuda.gpu} ({unit}; formula: memcal on CUDA, sdpa backend {cuda.sdpa_backend}, "
+            f"peak in {cuda.peak_phase})\n"
+            + table(rows, ["total", source, "formula", "err"], "lrrr"))
+
+
+def measurement_json(record: Measurement, estimate: Any = None, cuda: Any = None) -> dict[str, Any]:
     """The record's fields (bytes as ints) plus, per formula, its breakdown and relative errors."""
     out = record.to_dict()
+    if cuda is not None:
+        out["cuda_formula"] = cuda.to_dict()
     out["formulas"] = {c.formula: {"predicted_bytes": c.predicted, "relative_error": c.errors}
                        for c in compare(record, estimate)}
     return out

@@ -25,6 +25,7 @@ from .._common import one_line
 from .._record import Measurement
 from . import _env as env_mod
 from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
+from ._cuda_target import CudaTargetTracker
 from ._isolate import call_in_fresh_process
 from ._phases import cache_bytes, make_inputs, run_phase
 from ._probes import CudaProbe, Probe, get_probe
@@ -44,12 +45,19 @@ def record_status(spec: ModelSpec, workload: Workload, device: str, status: str,
 
 def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: int | None = None,
             weights_path: str | None = None, trust_remote_code: bool = False, isolate: bool = False,
-            keep_trace: bool = False) -> Measurement:
-    """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps)."""
+            keep_trace: bool = False, gpu: Any = None, cuda_env: dict | None = None) -> Measurement:
+    """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps).
+
+    ``gpu`` (a GPU profile, table name or JSON file; dry-run only): the CUDA target, whose predicted
+    allocated, reserved and device peaks the record gains (harness/measure/_cuda_target.py);
+    ``cuda_env``: the environment variables it reads (PYTORCH_CUDA_ALLOC_CONF, CUBLAS_WORKSPACE_CONFIG).
+    """
     spec = load_spec(model)
+    gpu = _gpu(gpu, device)
     if isolate:
         return _measure_isolated(spec, workload, device=device, memory_cap=memory_cap,
-                                 weights_path=weights_path, trust_remote_code=trust_remote_code)
+                                 weights_path=weights_path, trust_remote_code=trust_remote_code,
+                                 gpu=dataclasses.asdict(gpu) if gpu else None, cuda_env=cuda_env)
     probe = get_probe(device)
     reason = probe.unavailable() or unsupported_reason(spec, workload, device)
     if reason:
@@ -62,10 +70,23 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
         settle(probe)
         return record_status(spec, workload, device, *build_failure(exc))
     try:
-        return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace)
+        return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace, gpu=gpu,
+                         cuda_env=cuda_env)
     finally:
         del built
         settle(probe)
+
+
+def _gpu(gpu, device: str):
+    """The CUDA target's profile (None without one); only a dry run emulates a GPU."""
+    if gpu is None or gpu == "":
+        return None
+    if device != "dry-run":
+        raise MemcalError(f"--gpu emulates a GPU in a dry run: use --device dry-run (not {device})")
+    from estimator.cuda import GpuProfile, gpu_from_dict, load_gpu
+    if isinstance(gpu, dict):  # a profile sent to an isolated child
+        return gpu_from_dict(gpu)
+    return gpu if isinstance(gpu, GpuProfile) else load_gpu(gpu)
 
 
 def build_failure(exc: Exception) -> tuple[str, str]:
@@ -93,7 +114,8 @@ def _measure_isolated(spec: ModelSpec, workload: Workload, **kwargs: Any) -> Mea
 
 
 def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None = None, probe: Probe | None = None,
-              keep_trace: bool = False, tracker_out: list | None = None) -> Measurement:
+              keep_trace: bool = False, tracker_out: list | None = None, gpu: Any = None,
+              cuda_env: dict | None = None) -> Measurement:
     """Run one workload on an already built model, under the protocol; return its record.
 
     ``tracker_out``, if given, receives the StorageTracker (its trace, with ``keep_trace``).
@@ -110,8 +132,10 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         return record_status(spec, workload, device, "unsupported", reason)
     if isinstance(probe, CudaProbe):
         probe.warm_up(TORCH_DTYPES[workload.dtype])
-    tracker = StorageTracker(device_type=torch.device(built.torch_device).type, cap_bytes=memory_cap,
-                             keep_trace=keep_trace)
+    gpu = _gpu(gpu, device)
+    tracker_kwargs = dict(device_type=torch.device(built.torch_device).type, cap_bytes=memory_cap,
+                          keep_trace=keep_trace)
+    tracker = CudaTargetTracker(gpu, cuda_env, **tracker_kwargs) if gpu else StorageTracker(**tracker_kwargs)
     if tracker_out is not None:
         tracker_out.append(tracker)
     common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
@@ -137,6 +161,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     if device == "dry-run" and spec.is_moe and status != "ok":
         notes.append("dry-run MoE: transformers' eager experts read routing counts; its grouped_mm path (the default) "
                      "does not")
+    cuda = _cuda_fields(tracker, notes, status) if gpu else {}
     record = Measurement(
         model=spec.name, family=spec.family, device=device, workload=dataclasses.asdict(workload),
         status=status, message=message, kv_cache_bytes=kv,
@@ -145,9 +170,24 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         activation_bytes=session.activation_bytes if session else None,
         wall_time_s=round(session.wall_time_s, 6) if session else None, peak_op=session.peak_op if session else "",
         notes=tuple(notes), env=env_mod.capture(device),
-        **{k: v for k, v in (session.peaks if session else {}).items()}, **common)
+        **{k: v for k, v in (session.peaks if session else {}).items()}, **common, **cuda)
     del output, input_ids
     return record
+
+
+def _cuda_fields(tracker, notes: list, status: str) -> dict:
+    """The CUDA target's replay as record fields (and notes on what was substituted)."""
+    replay = tracker.replay()
+    backends = ", ".join(f"{b} x{n}" for b, n in sorted(replay["backends"].items())) or "none"
+    notes.append(f"CUDA target {replay['gpu']}: SDPA backends {backends}; {replay['events']} allocator events; "
+                 f"context {replay['context_bytes']:,} B (an estimate)")
+    if not replay["fits"]:
+        notes.append(f"CUDA target {replay['gpu']}: would run out of memory: {replay['reserved_bytes']:,} B reserved "
+                     f"+ the context pass its {replay['usable_bytes']:,} B")
+    if status != "ok":
+        return {"cuda_gpu": replay["gpu"]}
+    return {"cuda_gpu": replay["gpu"], "cuda_allocated_bytes": replay["allocated_bytes"],
+            "cuda_reserved_bytes": replay["reserved_bytes"], "cuda_device_bytes": replay["device_bytes"]}
 
 
 def _classify(exc: Exception, built: BuiltModel) -> tuple[str, str]:

@@ -62,6 +62,8 @@ class StorageTracker(TorchDispatchMode):
     right). ``keep_trace`` records every change, for debugging a disagreement between two runs.
     """
 
+    wants_args = False  # True: the dry run's mode calls note_args(func, args, kwargs) before each op
+
     def __init__(self, device_type: str = "cpu", cap_bytes: int | None = None, keep_trace: bool = False):
         super().__init__()
         self.device_type = device_type

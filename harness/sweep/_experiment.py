@@ -8,6 +8,7 @@ docs/sweeps.md)::
     repeats = 1
     timeout_s = 300           # per point (the first point of a group also builds the model)
     memory_cap = "2GiB"       # optional: the storage tracker's cap (cpu, dry-run)
+    gpu = "H100-80GB"         # optional, dry-run only: the CUDA target (a GPU of estimator/cuda, or a JSON file)
     torch_threads = 1         # optional: torch.set_num_threads in the workers
 
     [[grid]]
@@ -51,7 +52,7 @@ __all__ = ["Experiment", "ExperimentError", "Point", "load_experiment", "canonic
 _EXPERIMENT_KEYS: dict[str, tuple[str, Any]] = {
     "name": ("str", None), "description": ("str", ""), "device": ("str", None),
     "repeats": ("int", 1), "timeout_s": ("number", 600), "memory_cap": ("size", None),
-    "torch_threads": ("int", None),
+    "torch_threads": ("int", None), "gpu": ("str", None),
 }
 _GRID_KEYS: dict[str, tuple[str, Any]] = {
     "models": ("list[str]", None), "dtypes": ("list[str]", ["bf16"]), "weights": ("list[str]", ["none"]),
@@ -120,12 +121,14 @@ class Experiment:
     memory_cap: int | None
     points: tuple[Point, ...]
     torch_threads: int | None = None  # the workers' torch.set_num_threads (None: torch's default)
+    gpu: str | None = None            # dry-run: the CUDA target's GPU (name, or a JSON file's path)
     source: str = ""              # the TOML text, kept for the results header
 
     @property
     def fingerprint(self) -> str:
         return canonical_hash({"device": self.device, "memory_cap": self.memory_cap,
-                               "torch_threads": self.torch_threads, "points": [list(p.key) for p in self.points]})
+                               "torch_threads": self.torch_threads, "points": [list(p.key) for p in self.points],
+                               **({"gpu": self.gpu} if self.gpu else {})})  # unchanged for files without one
 
     @property
     def models(self) -> dict[str, str]:
@@ -145,7 +148,8 @@ class Experiment:
             return self
         _check_choice(device, DEVICES, self.path, "--device")
         points = [_point(p.model, p.config, p.config_hash, p.family, device, p.workload, p.repeat) for p in self.points]
-        return dataclasses.replace(self, device=device, points=tuple(_order(points)))
+        return dataclasses.replace(self, device=device, points=tuple(_order(points)),
+                                   gpu=self.gpu if device == "dry-run" else None)
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -182,6 +186,20 @@ def _check_value(kind: str, value: Any, path: str, key: str) -> Any:
         if isinstance(value, bool) or value <= 0:
             raise _fail(path, key, f"must be a positive size, got {value!r}")
     return value
+
+
+def _check_gpu(gpu: str | None, device: str, folder: Path, label: str) -> str | None:
+    """experiment.gpu: a GPU of the table (its canonical name) or a JSON file (its path, relative to the file)."""
+    if gpu is None:
+        return None
+    if device != "dry-run":
+        raise _fail(label, "experiment.gpu", f"a CUDA target is emulated by the dry run only (device is {device})")
+    from estimator.cuda import load_gpu
+    path = folder / gpu
+    try:
+        return str(path) if gpu.endswith(".json") and load_gpu(path) else load_gpu(gpu).name
+    except MemcalError as exc:
+        raise _fail(label, "experiment.gpu", str(exc)) from None
 
 
 def _table(raw: Any, schema: dict[str, tuple[str, Any]], path: str, where: str) -> dict[str, Any]:
@@ -283,6 +301,7 @@ def load_experiment(path: str | Path, device: str | None = None) -> Experiment:
     if head["device"] is None:
         raise _fail(label, "experiment.device", "missing: say where the points run (cpu, dry-run, cuda, mps)")
     _check_choice(head["device"], DEVICES, label, "experiment.device")
+    head["gpu"] = _check_gpu(head["gpu"], head["device"], file.parent, label)
     grids = raw.get("grid")
     if grids is None:
         raise _fail(label, "grid", "missing: add at least one [[grid]] table")
@@ -294,5 +313,5 @@ def load_experiment(path: str | Path, device: str | None = None) -> Experiment:
     experiment = Experiment(name=head["name"] or file.stem, path=label, description=head["description"],
                             device=head["device"], repeats=head["repeats"], timeout_s=float(head["timeout_s"]),
                             memory_cap=head["memory_cap"], points=tuple(_order(points)),
-                            torch_threads=head["torch_threads"], source=text)
+                            torch_threads=head["torch_threads"], gpu=head["gpu"], source=text)
     return experiment.with_device(device) if device else experiment

@@ -93,7 +93,7 @@ class _Runner:
             worker.kill()
             raise MemcalError(f"a sweep worker could not start: {exc}") from None
         worker.send({"type": "group", "model": point.model, "config": dict(point.config),
-                     "device": point.device, "memory_cap": self.experiment.memory_cap})
+                     "device": point.device, "memory_cap": self.experiment.memory_cap, "gpu": self.experiment.gpu})
         return worker
 
     def shutdown(self) -> None:
@@ -108,6 +108,7 @@ def _header(experiment: Experiment, env: dict[str, Any], shard: tuple[int, int] 
             "experiment_file": experiment.path, "fingerprint": experiment.fingerprint,
             "device": experiment.device, "memory_cap_bytes": experiment.memory_cap,
             "repeats": experiment.repeats, "torch_threads": experiment.torch_threads,
+            **({"gpu": experiment.gpu} if experiment.gpu else {}),
             "points_total": len(experiment.points), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             "points_planned": planned,
             "machine": machine, "created": now(), "memcal": memcal_version(), "models": experiment.models,

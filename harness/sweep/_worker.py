@@ -82,6 +82,7 @@ class Worker:
         self.spec = spec_from_dict(group["config"], group["model"])
         self.device = group["device"]
         self.memory_cap = group.get("memory_cap")
+        self.gpu = group.get("gpu")  # dry-run: the CUDA target (harness/measure/_cuda_target.py)
         self.built = None
 
     def _status(self, workload, status: str, message: str, stage: str) -> tuple[str, dict]:
@@ -124,7 +125,7 @@ class Worker:
             if failure is not None:
                 return failure
         try:
-            return "run", run_point(self.built, workload, memory_cap=self.memory_cap).to_dict()
+            return "run", run_point(self.built, workload, memory_cap=self.memory_cap, gpu=self.gpu).to_dict()
         except Exception as exc:  # run_point turns a run's failures into data; this is anything else
             return self._status(workload, "error", one_line(exc), "run")
 

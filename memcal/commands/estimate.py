@@ -11,6 +11,8 @@ from estimator.format import estimate_text
 from estimator.formulas import FORMULAS
 from estimator.units import parse_count
 
+from .gpu_options import add_gpu_arguments, cuda_env, cuda_text, gpu_from_args, load_text, profile_dict
+
 
 def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     """Workload flags shared by the verbs that take one workload (estimate, measure)."""
@@ -27,12 +29,16 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default=None,
                    help="eager, sdpa or flash (default: what transformers picks for the architecture, "
                         "sdpa where it supports it)")
-    p.add_argument("--phase", default=None, help="prefill or generate (default: generate if --new-tokens)")
+    p.add_argument("--phase", default=None,
+                   help="prefill, generate (default: generate if --new-tokens), or load (with --gpu: from_pretrained "
+                        "to the GPU only)")
     p.add_argument("--cache", default="dynamic", help="KV cache implementation: dynamic or static")
 
 
 def workload_from_args(args: argparse.Namespace, spec=None) -> Workload:
     """The workload the flags ask for; an attention not asked is the one transformers picks for `spec`."""
+    if getattr(args, "phase", None) == "load":
+        raise MemcalError("--phase load is a CUDA phase: use it with --gpu (memcal estimate)")
     return Workload(batch=1 if args.batch is None else args.batch,
                     prompt_len=512 if args.seq is None else args.seq, new_tokens=args.new_tokens,
                     dtype=args.dtype or "bf16", weights=args.weights or "none", kv_dtype=args.kv_dtype,
@@ -63,6 +69,7 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="apply a calibration profile (written by `memcal fit`) to each formula it covers")
     p.add_argument("--interactive", action="store_true",
                    help="ask for whatever the flags left out, as the 003 seed's calculator does")
+    add_gpu_arguments(p)
 
 
 def _params(text) -> int | None:
@@ -77,6 +84,16 @@ def _params(text) -> int | None:
 def run(args: argparse.Namespace) -> int:
     if not args.model and not args.interactive:
         raise MemcalError("name a model (see `memcal models`), a config.json or a model folder")
+    gpu = gpu_from_args(args)
+    load_only = args.phase == "load"
+    if load_only:
+        if gpu is None:
+            raise MemcalError("--phase load needs --gpu: loading is priced on a CUDA GPU")
+        args.phase = None
+    if gpu is not None:
+        if args.device not in (None, "cuda"):
+            raise MemcalError(f"--gpu prices a CUDA run: drop --device {args.device}")
+        args.device = "cuda"
     options = Options(parameters=_params(args.params), os=args.os, kv_cache=not args.no_kv_cache,
                       device=args.device, bnb_compute_dtype=args.bnb_compute_dtype, gguf_file=args.gguf_file)
     if args.interactive:
@@ -96,10 +113,29 @@ def run(args: argparse.Namespace) -> int:
     from estimator import quant
     for warning in quant.scheme_for(result.spec, result.workload).warnings:  # never silent (issue 15)
         print(f"memcal: warning: {warning}", file=sys.stderr)
+    totals = None
+    if gpu is not None and "memcal" in result.breakdowns:
+        from estimator.cuda.target import cuda_totals
+        totals = cuda_totals(result.spec, result.workload, gpu, breakdown=result.breakdowns["memcal"],
+                             options=options, env=cuda_env(args), since=args.since, bnb_legacy=args.bnb_legacy)
+    elif gpu is not None:
+        why = result.refusals.get("memcal")
+        raise MemcalError(f"--gpu prices memcal's formula, which cannot answer here: {why}" if why else
+                          "--gpu prices memcal's formula: include --formula memcal")
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        out = result.to_dict()
+        if totals is not None:
+            out["cuda"] = totals.to_dict()
+            out["cuda"]["gpu_profile"] = profile_dict(gpu)
+            if load_only:
+                out["cuda"]["phase"] = "load"
+        print(json.dumps(out, indent=2))
+    elif load_only:
+        print(load_text(totals, args.unit))
     else:
         if result.calibration is not None:
             print(f"calibration  {result.calibration.describe()}")
         print(estimate_text(result, unit=args.unit))
+        if totals is not None:
+            print("\n" + cuda_text(totals, args.unit, gpu))
     return 0

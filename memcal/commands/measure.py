@@ -13,6 +13,7 @@ from estimator.errors import MemcalError
 from estimator.units import parse_size
 
 from .estimate import add_workload_arguments, workload_from_args
+from .gpu_options import add_gpu_arguments, cuda_env, gpu_from_args
 
 DEVICES = ("cpu", "dry-run", "cuda", "mps")
 
@@ -31,6 +32,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", default=None, choices=("GiB", "GB", "MiB", "KiB"),
                    help="display unit (default GiB, MiB or KiB for peaks under 1 GiB or 1 MiB)")
     p.add_argument("--json", action="store_true", help="print the record as JSON (all sizes in bytes)")
+    add_gpu_arguments(p)
 
 
 def _cap(text: str | None) -> int | None:
@@ -45,20 +47,33 @@ def _cap(text: str | None) -> int | None:
     return cap
 
 
-def _estimate(spec, workload):
+def _estimate(spec, workload, device: str | None = None):
     """Every formula's prediction; None (with the reason noted) if the estimator cannot run."""
     try:
-        from estimator import estimate
+        from estimator import Options, estimate
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return estimate(spec, workload)
+            return estimate(spec, workload, options=Options(device=device))
     except (ImportError, MemcalError):
         return None
 
 
+def _cuda_formula(est, gpu, env: dict | None, since: str, bnb_legacy: bool = False):
+    """memcal's four CUDA totals on `gpu` (None without a GPU or without memcal's breakdown)."""
+    if gpu is None or est is None or "memcal" not in est.breakdowns:
+        return None
+    from estimator.cuda.target import cuda_totals
+    return cuda_totals(est.spec, est.workload, gpu, breakdown=est.breakdowns["memcal"], env=env, since=since,
+                       bnb_legacy=bnb_legacy)
+
+
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
-                    load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False):
-    """The verb as a plain function: (record, estimate)."""
+                    load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False,
+                    gpu=None, cuda_env: dict | None = None, since: str = "load", bnb_legacy: bool = False):
+    """The verb as a plain function: (record, estimate, CUDA totals of memcal's formula or None).
+
+    ``gpu`` (dry-run: the CUDA target; cuda: the profile to compare with). ``since``: the formula's
+    peak since process start or since loading; a measurement resets peaks after loading: "load"."""
     from harness.measure import measure
     from memcal.commands._spec import resolve
     spec = resolve(model)
@@ -68,20 +83,27 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
         if not Path(model).expanduser().is_dir():
             raise MemcalError(f"--load-weights needs MODEL to be a local model folder, got {model!r}")
         weights_path = str(Path(model).expanduser())
+    target = gpu if device == "dry-run" else None
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
-                     trust_remote_code=trust_remote_code, isolate=isolate)
-    return record, _estimate(spec, workload)
+                     trust_remote_code=trust_remote_code, isolate=isolate, gpu=target, cuda_env=cuda_env)
+    est = _estimate(spec, workload, "cuda" if gpu is not None else None)
+    return record, est, _cuda_formula(est, gpu, cuda_env, since, bnb_legacy)
 
 
 def run(args: argparse.Namespace) -> int:
     from harness.measure import measurement_json, measurement_text
     from memcal.commands._spec import resolve
     workload = workload_from_args(args, resolve(args.model) if args.attention is None else None)
-    record, est = measure_command(args.model, workload, device=args.device, memory_cap=_cap(args.memory_cap),
-                                  load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
-                                  isolate=args.isolate)
+    gpu = gpu_from_args(args)
+    if gpu is not None and args.device not in ("dry-run", "cuda"):
+        raise MemcalError("--gpu needs --device dry-run (the CUDA target) or cuda (the formula beside the run)")
+    record, est, cuda = measure_command(args.model, workload, device=args.device, memory_cap=_cap(args.memory_cap),
+                                        load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
+                                        isolate=args.isolate, gpu=gpu, cuda_env=cuda_env(args),
+                                        since="load",  # a measurement resets peaks after loading
+                                        bnb_legacy=args.bnb_legacy)
     if args.json:
-        print(json.dumps(measurement_json(record, est), indent=2))
+        print(json.dumps(measurement_json(record, est, cuda), indent=2))
     else:
-        print(measurement_text(record, est, unit=args.unit))
+        print(measurement_text(record, est, unit=args.unit, cuda=cuda))
     return 0 if record.ok else 1

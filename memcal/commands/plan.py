@@ -13,11 +13,14 @@ from estimator.formulas import FORMULAS
 from estimator.units import parse_size
 
 from .estimate import add_workload_arguments
+from .gpu_options import add_gpu_arguments, cuda_env, gpu_from_args
 
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="catalogue name, config.json or model folder")
-    p.add_argument("--memory", required=True, metavar="SIZE", help="memory to fit in, e.g. 24GiB or 80GB")
+    p.add_argument("--memory", default=None, metavar="SIZE",
+                   help="memory to fit in, e.g. 24GiB or 80GB (with --gpu: default the GPU's usable memory x "
+                        "--utilization)")
     add_workload_arguments(p)
     p.add_argument("--formula", default="memcal",
                    help=f"the formula to plan with (default memcal): {', '.join(FORMULAS)}")
@@ -26,6 +29,10 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="check on the dry run with the memory as a cap: the point fits, the next step does not")
     p.add_argument("--unit", default="GiB", choices=("GiB", "GB"), help="display unit (default GiB)")
     p.add_argument("--json", action="store_true", help="print JSON (all sizes in bytes)")
+    add_gpu_arguments(p)
+    p.add_argument("--utilization", type=float, default=0.9,
+                   help="with --gpu: the share of the GPU's memory to plan for, as vLLM's gpu_memory_utilization "
+                        "(default 0.9)")
 
 
 def _workload_fields(args: argparse.Namespace) -> dict:
@@ -37,12 +44,22 @@ def _workload_fields(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from harness.analysis import plan, plan_text, verify
+    gpu = gpu_from_args(args)
+    if not 0 < args.utilization <= 1:
+        raise MemcalError(f"--utilization must be in (0, 1], got {args.utilization}")
+    if gpu is not None and args.verify:
+        raise MemcalError("--verify checks the tensor level under a cap on the dry run; with --gpu the plan is "
+                          "against the device total: check it with `memcal measure --device dry-run --gpu`")
+    if args.memory is None and gpu is None:
+        raise MemcalError("say how much memory: --memory SIZE, or --gpu NAME")
     try:
-        memory = parse_size(args.memory)
+        memory = parse_size(args.memory) if args.memory else int(gpu.usable_bytes * args.utilization)
     except ValueError as exc:
         raise MemcalError(str(exc)) from None
+    extra = dict(gpu=gpu, cuda_env=cuda_env(args), since=args.since, bnb_legacy=args.bnb_legacy) \
+        if gpu is not None else {}
     result = plan(args.model, memory, batch=args.batch, seq=args.seq, formula=args.formula,
-                  calibration=args.calibration, **_workload_fields(args))
+                  calibration=args.calibration, **extra, **_workload_fields(args))
     check = verify(result) if args.verify else None
     if args.json:
         out = result.to_dict()

@@ -1,0 +1,189 @@
+"""The dry run's CUDA target: what a CUDA run would allocate, recorded while fake CPU tensors are traced.
+
+`CudaTargetTracker` is a `StorageTracker` (the tensor level is counted exactly as before) that also
+writes the allocation and free events a CUDA run of the same ops would make, in order:
+
+* every tensor storage the trace sees is one allocation (the caching allocator rounds it);
+* SDPA: the CPU kernel the trace runs (`aten._scaled_dot_product_flash_attention_for_cpu`) is replaced
+  by the backend CUDA would choose (estimator.cuda.select_backend, as sdp_utils.cpp does) with that
+  backend's buffers (estimator.cuda.sdpa_events): its output becomes the CPU output's storage, its
+  transients are allocated and freed inside the call, and the CPU logsumexp is dropped;
+* cuBLAS: the first matmul makes the cuBLAS workspace (and the first addmm the cuBLASLt one), kept.
+
+`replay()` runs the events through estimator.cuda.Allocator: predicted max_memory_allocated (rounded
+blocks) and max_memory_reserved; + the GPU profile's context = the device total.
+
+Not emulated (said in the record's notes): bitsandbytes (it cannot be dry-run), flash_attention_2's
+unpadding, cuDNN's own SDPA workspace (0), kernels that allocate on CUDA but not on CPU or the reverse
+outside SDPA and matmuls.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Mapping
+
+import torch
+
+from estimator.cuda import Allocator, GpuProfile, SdpaCall, SdpaEnv, parse_alloc_conf, sdpa_events, select_backend
+from estimator.cuda.workspaces import cublas_workspace_bytes, cublaslt_uses_cublas_workspace, cublaslt_workspace_bytes
+
+from ._tracker import StorageTracker
+
+__all__ = ["CudaTargetTracker", "CudaReplay"]
+
+_aten = torch.ops.aten
+SDPA_CPU = _aten._scaled_dot_product_flash_attention_for_cpu.default
+_MATMULS = frozenset(getattr(_aten, n).default for n in ("mm", "bmm", "addmm", "baddbmm", "addmv", "mv", "dot"))
+_ADDMM = _aten.addmm.default
+_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+class CudaReplay(dict):
+    """The replay's numbers (ints of bytes) and what was substituted: a plain dict for the record."""
+
+
+class CudaTargetTracker(StorageTracker):
+    """A StorageTracker that also records the CUDA allocation events of the traced ops (module doc)."""
+
+    wants_args = True
+
+    def __init__(self, gpu: GpuProfile, env: Mapping[str, str] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.gpu, self.env = gpu, dict(env or {})
+        self.events: list[tuple] = []
+        self._ids: dict[int, int] = {}     # storage key -> event id
+        self._next = 0
+        self._quiet = False
+        self._args = None
+        self._cublas = self._cublaslt = False
+        self.backends: Counter = Counter()
+        self.baseline_events = 0
+
+    # --- events ----------------------------------------------------------------------------------
+    def _new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def _alloc(self, key: int, nbytes: int) -> None:
+        self._ids[key] = self._new_id()
+        self.events.append(("alloc", self._ids[key], nbytes))
+
+    def _see(self, t: torch.Tensor, op) -> None:
+        """The tracker's own count (unchanged), and an event for each new or resized storage."""
+        if t.device.type != self.device_type:
+            return
+        try:
+            key = t.untyped_storage()._cdata
+        except (RuntimeError, NotImplementedError):
+            return
+        before = self._refs.get(key)
+        super()._see(t, op)
+        after = self._refs.get(key)
+        if after is before or after is None or self._quiet:
+            return
+        if key in self._ids:  # resized in place, or a storage gone under a reused key: a new block
+            self.events.append(("free", self._ids.pop(key)))
+        self._alloc(key, after[1])
+
+    def _freed(self, key: int) -> None:
+        super()._freed(key)
+        event = self._ids.pop(key, None)
+        if event is not None:
+            self.events.append(("free", event))
+
+    # --- the ops that differ on CUDA -------------------------------------------------------------
+    def note_args(self, func, args, kwargs) -> None:
+        self._args = (args, kwargs) if func is SDPA_CPU else None
+
+    def observe(self, func, out) -> None:
+        if func is SDPA_CPU and self._args is not None and isinstance(out, tuple):
+            self._sdpa(out)
+            return
+        super().observe(func, out)
+        if func in _MATMULS:
+            self._workspaces(func)
+
+    def _workspaces(self, func) -> None:
+        if not self._cublas:
+            self._cublas = True
+            self.events.append(("alloc", self._new_id(), cublas_workspace_bytes(self.gpu, self.env)))
+        if func is _ADDMM and not self._cublaslt and not cublaslt_uses_cublas_workspace(self.env):
+            self._cublaslt = True
+            self.events.append(("alloc", self._new_id(), cublaslt_workspace_bytes(self.gpu, self.env)))
+
+    def _sdpa(self, out: tuple) -> None:
+        (q, k, v, *rest), kwargs = self._args
+        self._args = None
+        call = sdpa_call_of(q, k, v, rest, kwargs)
+        self._quiet = True
+        try:
+            super().observe(SDPA_CPU, out)  # the tensor level counts the CPU outputs, as before
+        finally:
+            self._quiet = False
+        if call is None:  # a dtype CUDA's SDPA does not take: keep the CPU outputs as they are
+            for t in out:
+                if isinstance(t, torch.Tensor):
+                    self._alloc(t.untyped_storage()._cdata, t.untyped_storage().nbytes())
+            return
+        backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
+        self.backends[backend] += 1
+        names: dict[str, int] = {}
+        for event in sdpa_events(call, backend, self.gpu.sm_count):
+            if event[0] == "alloc":
+                names[event[1]] = self._new_id()
+                self.events.append(("alloc", names[event[1]], event[2]))
+            else:
+                self.events.append(("free", names.pop(event[1])))
+        output = out[0].untyped_storage()._cdata
+        (survivor,) = names.values()  # the backend's output: freed when Python frees the CPU output
+        self._ids[output] = survivor
+
+    # --- the replay ------------------------------------------------------------------------------
+    def reset_peak(self) -> None:
+        """The run starts here (the protocol's reset): the replay resets the allocator's peaks at this
+        event, as the CUDA probe does after loading."""
+        super().reset_peak()
+        self.baseline_events = len(self.events)
+
+    def replay(self) -> CudaReplay:
+        """The events through the caching-allocator model: allocated, reserved and device peaks."""
+        options = parse_alloc_conf(self.env.get("PYTORCH_CUDA_ALLOC_CONF"))
+        alloc = Allocator(options, capacity_bytes=None, device_total_bytes=self.gpu.usable_bytes)
+        handles: dict[int, int] = {}
+        load_allocated = load_reserved = 0
+        for i, event in enumerate(self.events):
+            if i == self.baseline_events:
+                load_allocated, load_reserved = alloc.max_allocated_bytes, alloc.max_reserved_bytes
+                alloc.reset_peak_stats()
+            if event[0] == "alloc":
+                handles[event[1]] = alloc.malloc(event[2])
+            else:
+                alloc.free(handles.pop(event[1]))
+        if self.baseline_events >= len(self.events):
+            load_allocated, load_reserved = alloc.max_allocated_bytes, alloc.max_reserved_bytes
+        fits = self.gpu.allocator_capacity_bytes
+        return CudaReplay(gpu=self.gpu.name, allocated_bytes=alloc.max_allocated_bytes,
+                          reserved_bytes=alloc.max_reserved_bytes,
+                          device_bytes=alloc.max_reserved_bytes + self.gpu.context_bytes,
+                          context_bytes=self.gpu.context_bytes, load_allocated_bytes=load_allocated,
+                          load_reserved_bytes=load_reserved, fits=alloc.max_reserved_bytes <= fits,
+                          usable_bytes=self.gpu.usable_bytes,
+                          backends=dict(self.backends), events=len(self.events))
+
+
+def sdpa_call_of(q, k, v, rest, kwargs) -> SdpaCall | None:
+    """The SdpaCall of `_scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, *,
+    attn_mask, scale)`: q (b, heads, q_len, d), k/v (b, kv_heads, kv_len, d)."""
+    dtype = _DTYPES.get(q.dtype)
+    if dtype is None or q.dim() != 4:
+        return None
+    dropout = float(rest[0]) if rest else float(kwargs.get("dropout_p", 0.0))
+    causal = bool(rest[1]) if len(rest) > 1 else bool(kwargs.get("is_causal", False))
+    mask = kwargs.get("attn_mask")
+    mask_kind = "none" if mask is None else "bool" if mask.dtype == torch.bool else "float"
+    b, heads, q_len, d = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    mask_batch = None if mask is None or mask.dim() < 4 else mask.shape[0]
+    return SdpaCall(batch=b, heads=heads, q_len=q_len, kv_len=kv_len, head_dim=d, dtype=dtype, kv_heads=kv_heads,
+                    head_dim_v=v.shape[-1], mask=mask_kind, mask_batch=mask_batch, is_causal=causal and mask is None,
+                    enable_gqa=kv_heads != heads, dropout=dropout)
