@@ -53,6 +53,19 @@ def moe_steps() -> list[str]:
     return out
 
 
+SLIDING_PROLOGUE = [  # past a window, SDPA gets an explicit boolean mask, kept for the whole forward
+    "[sdpa and not static and past_window and not decode] +swgt gt (1, 1, t, t) bool",
+    "[sdpa and not static and past_window and not decode] +swmask bitwise_and (1, 1, t, t) bool",
+    "[sdpa and not static and past_window and decode] +swgt gt (1, 1, 1, window) bool",
+    "[sdpa and not static and past_window and decode] +swmask bitwise_and (1, 1, 1, window) bool",
+    "-swgt",
+]
+SLIDING_MASK = [  # and each sliding layer turns it into a float mask over the batch for its SDPA call
+    "[sdpa and past_window and g_sliding[i] and not decode] +swwhere where (b, 1, t, max(t, window)) e",
+    "[sdpa and past_window and g_sliding[i] and decode] +swwhere where (b, 1, 1, window) e",
+]
+
+
 def _rename(text: str) -> str:
     return re.sub(r"\b(" + "|".join(RENAME) + r")\b", lambda m: RENAME[m.group(1)], text)
 
@@ -75,8 +88,15 @@ def _guard(step: str, cond: str) -> str:
 def generic_program() -> dict:
     llama = tomllib.loads((FAMILIES / "llama.toml").read_text())["program"]
     (layer,) = llama["layer"].values()
-    steps, cache_done, mlp_done = [], False, False
+    steps, cache_done, mlp_done, mask_done = [], False, False, False
     for step in layer:
+        if not mask_done and "+_scaled_dot_product_flash_attention_for_cpu1 " in step:
+            steps += SLIDING_MASK
+            mask_done = True
+        if step.endswith("-_scaled_dot_product_flash_attention_for_cpu1") and "-swwhere" not in steps:
+            steps.append(step)
+            steps.append("-swwhere")
+            continue
         if CACHE.search(step):
             if not cache_done:
                 steps += CACHE_STEPS
@@ -92,9 +112,10 @@ def generic_program() -> dict:
             mlp_done = True
             continue
         steps.append(_rename(step))
-    if not (cache_done and mlp_done):
+    if not (cache_done and mlp_done and mask_done and "-swwhere" in steps):
         sys.exit("llama's program changed shape: update tools/generic_program.py (cache or MLP steps not found)")
-    return {"prologue": [_rename(s) for s in llama["prologue"]], "epilogue": [_rename(s) for s in llama["epilogue"]],
+    return {"prologue": [_rename(s) for s in llama["prologue"]] + SLIDING_PROLOGUE,
+            "epilogue": ["-pro.swmask"] + [_rename(s) for s in llama["epilogue"]],
             "layer": {"*": steps}}
 
 

@@ -161,7 +161,7 @@ def _generic_widths(spec: ModelSpec) -> dict:
                   "g_experts": max(spec.num_experts, 1), "g_top_k": max(spec.experts_per_token, 1),
                   "g_moe": tuple(m == "moe" for m in spec.layer_mlp)}
         caches = kv.layer_caches(spec)
-        cached.update(g_kvw=tuple(c.per_position() for c in caches),
+        cached.update(g_kvw=tuple(c.per_position() for c in caches), g_sliding=tuple(c.kind == "sliding" for c in caches),
                       g_window=tuple(c.window if c.kind == "sliding" else 1 << 62 for c in caches),
                       g_state=tuple(sum(n for n, _ in c.states) for c in caches))
         object.__setattr__(spec, "_generic_widths", cached)
