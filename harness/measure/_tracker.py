@@ -72,6 +72,7 @@ class StorageTracker(TorchDispatchMode):
         self.trace: list[TraceEvent] | None = [] if keep_trace else None
         self._refs: dict[int, tuple[weakref.ref, int]] = {}
         self._self_ref = weakref.ref(self)
+        self.devices = None  # a harness.measure._devices.VirtualDevices: a live total and a peak per device
 
     @property
     def peak_op(self) -> str:
@@ -91,6 +92,10 @@ class StorageTracker(TorchDispatchMode):
         entry = self._refs.pop(key, None)
         if entry is not None:
             self._change(-entry[1], "free")
+            if self.devices is not None:
+                device = self.devices.of.pop(key, None)
+                if device is not None:
+                    self.devices.change(device, -entry[1], "free")
 
     def _see(self, t: torch.Tensor, op) -> None:
         """Count `t`'s storage if it is new (or resized). `op`: an aten overload or a label."""
@@ -106,10 +111,16 @@ class StorageTracker(TorchDispatchMode):
             if nbytes != entry[1]:  # resized in place (resize_, out= ops)
                 self._refs[key] = (entry[0], nbytes)
                 self._change(nbytes - entry[1], op)
+                if self.devices is not None and key in self.devices.of:
+                    self.devices.change(self.devices.of[key], nbytes - entry[1], op)
             return
         ref = weakref.ref(st, lambda _r, key=key, tracker=self._self_ref: _call_freed(tracker, key, _r))
         self._refs[key] = (ref, nbytes)
         self._change(nbytes, op)
+        if self.devices is not None:
+            device = self.devices.new_device()
+            self.devices.of[key] = device
+            self.devices.change(device, nbytes, op)
 
     def track(self, tensors: Iterable[torch.Tensor], label: str = "track") -> int:
         """Register tensors that exist already (weights, buffers, inputs); returns bytes added."""
@@ -125,6 +136,8 @@ class StorageTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         self.peak_bytes = self.live_bytes
         self._peak_op = "reset"
+        if self.devices is not None:
+            self.devices.reset_peak()
 
     # --- the dispatch hook -----------------------------------------------------------------------
     def observe(self, func, out) -> None:
@@ -155,6 +168,8 @@ class StorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if self.devices is not None:
+            self.devices.from_args(args, kwargs)
         self.observe(func, out)
         if self.over_cap():
             error, out = self.cap_error(func), None  # drop the outputs now: their storages are freed
