@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from . import kv
 from . import program as prog
 from .errors import MemcalError
-from .params import DTYPE_BYTES, Embedding, LinearGroup, parameter_layout
+from .params import DTYPE_BYTES, parameter_layout
 from .spec import ModelSpec
+from .units import parse_size
 from .workload import Workload
 
-__all__ = ["Module", "DeviceShare", "module_tree", "device_map", "layer_devices", "split_estimate", "STRATEGIES"]
+__all__ = ["Module", "DeviceShare", "module_tree", "device_map", "layer_devices", "split_estimate", "parse_max_memory",
+           "STRATEGIES"]
 
 STRATEGIES = ("auto", "balanced", "sequential")
 INT64 = 8
@@ -100,7 +102,8 @@ def _order(tree: dict[str, Module], spec: ModelSpec) -> None:
             return (0, 0)
         if name == layers:
             return (2, 0)
-        if any(p.endswith(".weight") for p in m.params) and not m.children and "embed" in name or tail in ("wte", "wpe"):
+        if (not m.children and "embed" in name and any(p.endswith(".weight") for p in m.params)) \
+                or tail in ("wte", "wpe"):
             return (1, 0)
         if not m.children and list(m.params) and all(p.endswith((".weight", ".bias")) for p in m.params) \
                 and "norm" in tail:
@@ -311,10 +314,29 @@ def kv_by_device(spec: ModelSpec, workload: Workload, layers: list[int], n: int)
     static = workload.cache == "static" and workload.phase == "generate"
     out = [0] * n
     for i, (layer, pos) in enumerate(zip(kv.layer_caches(spec), kv.positions(spec, workload))):
-        size = workload.batch * (layer.per_position() * pos * workload.kv_bytes + layer.state_bytes(workload.dtype_bytes))
+        size = workload.batch * (layer.per_position() * pos * workload.kv_bytes
+                                 + layer.state_bytes(workload.dtype_bytes))
         if layer.kind in ("full", "sliding") and (static or layer.kind == "sliding"):
             size += INT64
         out[layers[i]] += size
+    return out
+
+
+def parse_max_memory(text: str | None, gpus: int) -> dict[int, int] | None:
+    """``0=70GiB,1=70GiB`` (or one size for every GPU: ``70GiB``) as {index: bytes}."""
+    if not text:
+        return None
+    out: dict[int, int] = {}
+    try:
+        if "=" not in text:
+            return dict.fromkeys(range(gpus), parse_size(text))
+        for part in text.split(","):
+            key, size = part.split("=", 1)
+            out[int(key)] = parse_size(size)
+    except ValueError as exc:
+        raise MemcalError(f"--max-memory {text!r}: {exc} (write 0=70GiB,1=70GiB)") from None
+    if sorted(out) != list(range(gpus)):
+        raise MemcalError(f"--max-memory names GPUs {sorted(out)}; --gpus {gpus} needs 0..{gpus - 1}")
     return out
 
 
@@ -329,7 +351,7 @@ class _Devices:
     def add(self, d: int, size: int, where: str) -> None:
         self.live[d] += size
         if self.live[d] > self.peak[d]:
-            self.peak[d], self.where[d] = self.live[d], where
+            self.peak[d], self.where[d] = self.live[d], where or self.where[d]
 
     def bump(self, d: int, extra: int, where: str) -> None:
         """A transient of `extra` bytes above the live total (not kept)."""
@@ -408,7 +430,7 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
     sub.peak = base_live
     sub.run(prog._compile(program.epilogue, scope), names, "epilogue")
     dev.bump(head, sub.peak - base_live, f"epilogue: {sub.where}")
-    dev.add(head, sub.live - base_live, "")
+    dev.add(head, sub.live - base_live, f"epilogue: {sub.where}")
     if where_in != head:
         dev.add(where_in, -sum(outs), "")
     for k, (dd, size) in pro.items():  # what the epilogue freed of the prologue's tensors lived on their device

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["BYTE_FIELDS", "DEVICE_BYTE_FIELDS", "DEVICES", "Measurement", "PEAK_ORDER", "SCHEMA_VERSION", "STATUSES", "peak_bytes"]
+__all__ = ["BYTE_FIELDS", "DEVICE_BYTE_FIELDS", "DEVICES", "Measurement", "PEAK_ORDER", "SCHEMA_VERSION", "STATUSES",
+           "peak_bytes"]
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "unsupported", "error", "skipped", "crashed", "timeout")

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
+from estimator.devices import parse_max_memory
 from estimator.errors import MemcalError
 from estimator.spec import ModelSpec
 from estimator.workload import Workload
@@ -61,25 +62,6 @@ class Placement:
     @property
     def first_device(self) -> int:
         return min(self.device_map.values()) if self.device_map else 0
-
-
-def parse_max_memory(text: str | None, gpus: int) -> dict[int, int] | None:
-    """``0=70GiB,1=70GiB`` (or one size for every GPU: ``70GiB``) as {index: bytes}."""
-    from estimator.units import parse_size
-    if not text:
-        return None
-    out: dict[int, int] = {}
-    try:
-        if "=" not in text:
-            return dict.fromkeys(range(gpus), parse_size(text))
-        for part in text.split(","):
-            key, size = part.split("=", 1)
-            out[int(key)] = parse_size(size)
-    except ValueError as exc:
-        raise MemcalError(f"--max-memory {text!r}: {exc} (write 0=70GiB,1=70GiB)") from None
-    if sorted(out) != list(range(gpus)):
-        raise MemcalError(f"--max-memory names GPUs {sorted(out)}; --gpus {gpus} needs 0..{gpus - 1}")
-    return out
 
 
 def _meta_model(spec: ModelSpec, workload: Workload):

@@ -31,6 +31,31 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", default=None, choices=("GiB", "GB", "MiB", "KiB"),
                    help="display unit (default GiB, MiB or KiB for peaks under 1 GiB or 1 MiB)")
     p.add_argument("--json", action="store_true", help="print the record as JSON (all sizes in bytes)")
+    add_split_arguments(p)
+
+
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """--gpus, --gpu, --device-map, --max-memory: a model split over GPUs (issue 18)."""
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="split the model over N GPUs with accelerate's device map (a peak per device)")
+    p.add_argument("--gpu", default=None, metavar="NAME",
+                   help="GPU model whose free memory is each GPU's budget (default H100-80GB; see estimator/cuda)")
+    p.add_argument("--device-map", default="auto", metavar="STRATEGY",
+                   help="auto, balanced, sequential (as from_pretrained's device_map) or a JSON file {module: GPU}")
+    p.add_argument("--max-memory", default=None, metavar="BUDGET",
+                   help="budget per GPU, as from_pretrained's max_memory: 0=70GiB,1=70GiB (or one size for all)")
+
+
+def split_budget(args: argparse.Namespace) -> dict[int, int] | None:
+    """{GPU index: bytes} for --gpus N: --max-memory, else the --gpu profile's free memory on an idle GPU."""
+    if not getattr(args, "gpus", None):
+        return None
+    from estimator.cuda.gpus import get_gpu
+    from estimator.devices import parse_max_memory
+    budget = parse_max_memory(args.max_memory, args.gpus)
+    if budget is None:
+        budget = dict.fromkeys(range(args.gpus), get_gpu(args.gpu or "H100-80GB").allocator_capacity_bytes)
+    return budget
 
 
 def _cap(text: str | None) -> int | None:
@@ -57,11 +82,15 @@ def _estimate(spec, workload):
 
 
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
-                    load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False):
+                    load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False,
+                    gpus: int | None = None, device_map: str = "auto", max_memory: dict[int, int] | None = None):
     """The verb as a plain function: (record, estimate)."""
     from estimator.spec import load_spec
-    from harness.measure import measure
+    from harness.measure import device_placement, measure
     spec = load_spec(model)
+    placement = None
+    if gpus:
+        placement = device_placement(spec, workload, gpus=gpus, strategy=device_map, max_memory=max_memory)
     weights_path = None
     if load_weights:
         from pathlib import Path
@@ -69,8 +98,23 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
             raise MemcalError(f"--load-weights needs MODEL to be a local model folder, got {model!r}")
         weights_path = str(Path(model).expanduser())
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
-                     trust_remote_code=trust_remote_code, isolate=isolate)
+                     trust_remote_code=trust_remote_code, isolate=isolate, placement=placement)
     return record, _estimate(spec, workload)
+
+
+def _shares(record):
+    """memcal's formula per device for the record's device map (None when not split, or not estimable)."""
+    if not record.placement or not record.ok:
+        return None
+    try:
+        from estimator.devices import split_estimate
+        from estimator.spec import load_spec
+        from estimator.workload import Workload
+        spec = load_spec(record.model)
+        return split_estimate(spec, Workload(**record.workload), dict(record.placement["device_map"]),
+                              record.placement["gpus"])
+    except (MemcalError, KeyError, TypeError):
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,9 +122,14 @@ def run(args: argparse.Namespace) -> int:
     workload = workload_from_args(args)
     record, est = measure_command(args.model, workload, device=args.device, memory_cap=_cap(args.memory_cap),
                                   load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
-                                  isolate=args.isolate)
+                                  isolate=args.isolate, gpus=args.gpus, device_map=args.device_map,
+                                  max_memory=split_budget(args))
+    shares = _shares(record)
     if args.json:
-        print(json.dumps(measurement_json(record, est), indent=2))
+        out = measurement_json(record, est)
+        if shares is not None:
+            out["memcal_per_device"] = [s.to_dict() for s in shares]
+        print(json.dumps(out, indent=2))
     else:
-        print(measurement_text(record, est, unit=args.unit))
+        print(measurement_text(record, est, unit=args.unit, device_shares=shares))
     return 0 if record.ok else 1

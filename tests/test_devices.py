@@ -1,0 +1,101 @@
+"""A model split over several GPUs (issue 18): accelerate's device map, per-device dry run, memcal per device.
+
+The map is checked against transformers' own (`_get_device_map` on the meta model, what
+``from_pretrained(device_map=...)`` runs); the dry run's per-device weights and KV against the pure
+arithmetic of estimator/devices.py; the boundary copy of the logits exactly.
+"""
+import json
+
+import pytest
+
+from estimator import devices as D
+from estimator.formulas.memcal import weight_bytes
+from estimator.spec import load_spec
+from estimator.units import GiB
+from estimator.workload import Workload
+from harness import Measurement
+
+torch = pytest.importorskip("torch")
+from harness.measure import device_placement, measure  # noqa: E402
+
+CONFIGS = "experiments/configs"
+
+
+@pytest.mark.parametrize("name,attention", [("tiny-llama", "sdpa"), ("tiny-gemma2", "eager"),
+                                            ("tiny-mixtral", "sdpa"), ("tiny-qwen2", "sdpa")])
+@pytest.mark.parametrize("gpus", [2, 4])
+@pytest.mark.parametrize("strategy", ["auto", "sequential"])
+def test_map_equals_transformers(name, attention, gpus, strategy):
+    spec = load_spec(f"{CONFIGS}/{name}.json")
+    w = Workload(batch=1, prompt_len=16, dtype="bf16", attention=attention)
+    tree, _ = D.module_tree(spec, w)
+    total = D._sizes(tree)[0][""]
+    budget = {i: total // gpus + total // 2 for i in range(gpus)}
+    placement = device_placement(spec, w, gpus=gpus, strategy=strategy, max_memory=budget)
+    assert D.device_map(spec, w, budget, strategy) == dict(placement.device_map)
+
+
+def test_llama3_70b_on_two_devices():
+    """Done-when of issue 18: two peaks whose weights add up to the single-device weights exactly, the map
+    equal to accelerate's, per-device weights and KV exact, the logits' boundary copy exact."""
+    spec = load_spec("meta-llama/Meta-Llama-3-70B")
+    w = Workload(batch=1, prompt_len=256, dtype="bf16")
+    budget = {0: 80 * GiB, 1: 80 * GiB}
+    placement = device_placement(spec, w, gpus=2, strategy="auto", max_memory=budget)
+    dmap = D.device_map(spec, w, budget, "auto")
+    assert dmap == dict(placement.device_map)
+    assert D.layer_devices(spec, dmap) == [0] * 40 + [1] * 40
+    record = measure(spec, w, device="dry-run", placement=placement)
+    assert record.ok, record.message
+    weights = [d["weights_bytes"] for d in record.devices]
+    assert sum(weights) == record.weights_bytes == weight_bytes(spec, w)
+    assert weights == D.weights_by_device(spec, w, dmap, 2)
+    kv = [d["kv_cache_bytes"] for d in record.devices]
+    assert kv == D.kv_by_device(spec, w, D.layer_devices(spec, dmap), 2) and sum(kv) == record.kv_cache_bytes
+    # the logits go back to the inputs' device (accelerate's io_same_device): device 0's peak is that copy
+    first = record.devices[0]
+    logits = w.batch * w.prompt_len * spec.vocab_size * 2
+    assert first["peak_op"] == "clone"
+    assert first["peak_tensor_bytes"] == first["baseline_bytes"] + first["kv_cache_bytes"] + logits
+    shares = D.split_estimate(spec, w, dmap, 2)
+    for d, share in zip(record.devices, shares):
+        assert abs(share.total_bytes - d["peak_tensor_bytes"]) / d["peak_tensor_bytes"] < 0.005
+
+
+def test_boundary_copy_of_hidden_states(tmp_path):
+    """A map that splits between the two layers of a tiny llama: the second device gets the hidden
+    states (b x s x hidden) copied in, the rotary tables stay on the device of the rotary module."""
+    spec = load_spec(f"{CONFIGS}/tiny-llama.json")
+    w = Workload(batch=2, prompt_len=32, dtype="fp32")
+    mapping = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1,
+               "model.rotary_emb": 0, "lm_head": 1}
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(mapping))
+    placement = device_placement(spec, w, gpus=2, strategy=str(path), max_memory={0: GiB, 1: GiB})
+    record = measure(spec, w, device="dry-run", placement=placement, keep_trace=False)
+    assert record.ok, record.message
+    kv = D.kv_by_device(spec, w, D.layer_devices(spec, mapping), 2)
+    assert [d["kv_cache_bytes"] for d in record.devices] == kv == [kv[0], kv[0]]
+    assert [d["weights_bytes"] for d in record.devices] == D.weights_by_device(spec, w, mapping, 2)
+    shares = D.split_estimate(spec, w, mapping, 2)
+    for d, share in zip(record.devices, shares):  # a tiny model: activations dominate, within 5 %
+        assert abs(share.total_bytes - d["peak_tensor_bytes"]) / d["peak_tensor_bytes"] < 0.05
+
+
+def test_record_without_devices_reads_as_before():
+    old = {"model": "m", "family": "llama", "device": "dry-run", "workload": {}, "status": "ok",
+           "peak_tensor_bytes": 10, "schema_version": 1}
+    record = Measurement.from_dict(old)
+    assert record.devices == () and dict(record.placement) == {}
+    split = Measurement.from_dict({**old, "devices": [{"device": 0, "weights_bytes": 4, "peak_tensor_bytes": 10}],
+                                   "placement": {"gpus": 1}})
+    assert Measurement.from_dict(split.to_dict()) == split
+    with pytest.raises(ValueError):
+        Measurement.from_dict({**old, "devices": [{"device": 0, "weights_bytes": -1}]})
+
+
+def test_parse_max_memory():
+    assert D.parse_max_memory("0=70GiB,1=70GiB", 2) == {0: 70 * GiB, 1: 70 * GiB}
+    assert D.parse_max_memory("10GiB", 3) == {0: 10 * GiB, 1: 10 * GiB, 2: 10 * GiB}
+    with pytest.raises(Exception):
+        D.parse_max_memory("0=70GiB", 2)
