@@ -373,18 +373,21 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
     e, b, t = scope["e"], scope["b"], scope["t"]
     hidden = b * t * scope["hidden"] * e if "hidden" in scope else 0
     alive: dict[str, tuple[int, int]] = {}
+    stream: set[str] = set()    # prologue tensors of the hidden stream (embeddings): a layer's input, not a kwarg
     moved = False
     for step in program.prologue:
         if step.cond is not None and not prog.evaluate(step.cond, scope):
             continue
         if step.kind == "alloc":
-            d = rotary if any(_ROTARY.search(s) for s in step.shape) else embed
+            d = rotary if any(_ROTARY.search(x) for x in step.shape) else embed
             if d != embed and not moved:  # accelerate copies the embeddings to the rotary module's device
                 dev.add(d, hidden, "prologue: rotary input copy")
                 alive["_copy"] = (d, hidden)
                 moved = True
             size = prog._bytes(step, scope)
             alive[step.ids[0]] = (d, size)
+            if any(re.search(r"\bhidden\b", x) for x in step.shape):
+                stream.add(step.ids[0])
             dev.add(d, size, f"prologue: {step.op}")
         elif step.kind == "free":
             for i in step.ids:
@@ -403,29 +406,33 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
         d = layers[i]
         if kind not in compiled or prog._reads_layer(program.layers[kind]):
             compiled[kind] = prog._compile(program.layers[kind], {**scope, "i": i})
-        copies = sum(size for dd, size in pro.values() if dd != d)
+        # accelerate copies the layer's keyword tensors (rotary tables, position ids, mask) from other devices
+        copies = sum(size for k, (dd, size) in pro.items() if dd != d and k not in stream)
+        if i == 0 and embed != d:  # the first layer's input is the embeddings themselves
+            copies += max((size for k, (dd, size) in pro.items() if k in stream), default=0)
         if where_in != d:
             dev.add(d, sum(outs), f"layer {i}: input copy")
-        peak, delta, new_outs, freed, op = prog._layer_effect(compiled[kind], outs, {k: s for k, (_, s) in pro.items()},
-                                                             f"layer {i}")
+        # tensors of the prologue on other devices count there: their frees do not lower this device
+        local = {k: (size if dd == d else 0) for k, (dd, size) in pro.items()}
+        peak, delta, new_outs, freed, op = prog._layer_effect(compiled[kind], outs, local, f"layer {i}")
         dev.bump(d, copies + peak, f"layer {i} ({kind}): {op}")
         dev.add(d, delta, "")
         if where_in != d:
             dev.add(where_in, -sum(outs), "")
-        for k in freed:  # the layer's effect freed them on its own device; they lived on theirs
+        for k in freed:
             dd, size = pro.pop(k)
             if dd != d:
-                dev.add(d, size, "")
                 dev.add(dd, -size, "")
         outs, where_in = new_outs, d
     # the epilogue (final norm, lm_head) on the lm_head's device
     if where_in != head:
         dev.add(head, sum(outs), "epilogue: input copy")
     sub = prog._Replay()
-    sub.alive = {**{f"in:{k}": s for k, s in enumerate(outs)}, **{f"pro:{k}": s for k, (_, s) in pro.items()}}
+    sub.alive = {**{f"in:{k}": s for k, s in enumerate(outs)},
+                 **{f"pro:{k}": (s if dd == head else 0) for k, (dd, s) in pro.items()}}
     names = {f"in{k}": f"in:{k}" for k in range(len(outs))}
     names.update({f"pro.{k}": f"pro:{k}" for k in pro})
-    base_live = sum(outs) + sum(s for _, s in pro.values())
+    base_live = sum(outs) + sum(s for dd, s in pro.values() if dd == head)
     sub.live = base_live
     sub.peak = base_live
     sub.run(prog._compile(program.epilogue, scope), names, "epilogue")
@@ -435,7 +442,6 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
         dev.add(where_in, -sum(outs), "")
     for k, (dd, size) in pro.items():  # what the epilogue freed of the prologue's tensors lived on their device
         if f"pro:{k}" not in sub.alive and dd != head:
-            dev.add(head, size, "")
             dev.add(dd, -size, "")
     return dev, head
 

@@ -17,7 +17,10 @@ from .estimate import add_workload_arguments
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="catalogue name, config.json or model folder")
-    p.add_argument("--memory", required=True, metavar="SIZE", help="memory to fit in, e.g. 24GiB or 80GB")
+    p.add_argument("--memory", default=None, metavar="SIZE", help="memory to fit in, e.g. 24GiB or 80GB")
+    p.add_argument("--gpu", default=None, metavar="NAME",
+                   help="plan over GPUs of this kind (e.g. H100-80GB): the fewest that fit, accelerate's device map")
+    p.add_argument("--max-gpus", type=int, default=8, metavar="N", help="with --gpu: try up to N GPUs (default 8)")
     add_workload_arguments(p)
     p.add_argument("--formula", default="memcal",
                    help=f"the formula to plan with (default memcal): {', '.join(FORMULAS)}")
@@ -35,8 +38,30 @@ def _workload_fields(args: argparse.Namespace) -> dict:
     return fields
 
 
+def run_gpus(args: argparse.Namespace) -> int:
+    """--gpu: the fewest GPUs of a kind that fit (harness.analysis.plan_gpus), verified on the per-device dry run."""
+    from harness.analysis import gpu_plan_text, plan_gpus, verify_gpus
+    result = plan_gpus(args.model, args.gpu, max_gpus=args.max_gpus, batch=args.batch, seq=args.seq,
+                       **_workload_fields(args))
+    check = verify_gpus(result) if args.verify else None
+    if args.json:
+        out = result.to_dict()
+        if check is not None:
+            out["verification"] = {"planned": check.planned.to_dict() if check.planned else None,
+                                   "next": check.next.to_dict() if check.next else None,
+                                   "confirmed": check.confirmed}
+        print(json.dumps(out, indent=2))
+    else:
+        print(gpu_plan_text(result, check, unit=args.unit))
+    return 0 if result.fits and (check is None or check.confirmed) else 1
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.analysis import plan, plan_text, verify
+    if args.gpu:
+        return run_gpus(args)
+    if args.memory is None:
+        raise MemcalError("give --memory SIZE (one device), or --gpu NAME [--max-gpus N] (several)")
     try:
         memory = parse_size(args.memory)
     except ValueError as exc:
