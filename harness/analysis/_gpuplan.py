@@ -175,14 +175,16 @@ def gpu_plan_text(p: GpuPlan, check: GpuVerification | None = None, unit: str = 
                      "counts weights only; this budget leaves each GPU room for its KV cache and activations")
     if p.fewer:
         lines.append(f"fewer     {p.fewer}")
-    rows = [[str(s.device), human(s.weights_bytes, unit), human(s.kv_cache_bytes, unit), human(s.activation_bytes, unit),
-             human(s.total_bytes, unit), human(p.capacity_bytes - s.total_bytes, unit)] for s in p.shares]
+    rows = [[str(s.device), human(s.weights_bytes, unit), human(s.kv_cache_bytes, unit),
+             human(s.activation_bytes, unit), human(s.total_bytes, unit), human(p.capacity_bytes - s.total_bytes, unit)]
+            for s in p.shares]
     lines += ["", table(rows, ["GPU", "weights", "KV cache", "activations", "total", "free"], "lrrrrr")]
     if check is not None:
         for label, record in (("planned point", check.planned), ("next step", check.next)):
             if record is None:
                 continue
-            peaks = ", ".join(human(d["peak_tensor_bytes"], unit) for d in record.devices) if record.ok else record.status
+            peaks = ", ".join(human(d["peak_tensor_bytes"], unit) for d in record.devices) if record.ok \
+                else record.status
             lines.append(f"dry run   {label}: peaks {peaks} {unit}" + (f"; over on GPU {check.over(record)}"
                                                                      if record.ok and check.over(record) else ""))
         lines.append("verdict   " + ("confirmed on the per-device dry run" if check.confirmed
