@@ -99,3 +99,31 @@ def test_parse_max_memory():
     assert D.parse_max_memory("10GiB", 3) == {0: 10 * GiB, 1: 10 * GiB, 2: 10 * GiB}
     with pytest.raises(Exception):
         D.parse_max_memory("0=70GiB", 2)
+
+
+def test_estimate_prints_a_row_per_gpu(capsys):
+    from memcal.cli import main
+    assert main(["estimate", "meta-llama/Meta-Llama-3-70B", "--gpus", "2", "--formula", "memcal", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    per = out["per_gpu"]["devices"]
+    assert [d["device"] for d in per] == [0, 1]
+    assert sum(d["weights_bytes"] for d in per) == out["formulas"]["memcal"]["weights_bytes"]
+    assert main(["estimate", "meta-llama/Meta-Llama-3-70B", "--gpus", "2", "--max-memory", "0=70GiB,1=75GiB"]) == 0
+    assert "per GPU" in capsys.readouterr().out
+
+
+def test_plan_fewest_gpus_then_largest_batch():
+    from harness.analysis import plan_gpus
+    p = plan_gpus("meta-llama/Meta-Llama-3-8B", "T4", max_gpus=4, seq=1024)
+    assert p.gpus == 2 and "1 GPU" in p.fewer  # bf16 weights alone pass one T4
+    assert all(s.total_bytes <= p.capacity_bytes for s in p.shares)
+    nxt = D.split_estimate(p.spec, p.next_workload, p.device_map, 2)
+    assert any(s.total_bytes > p.capacity_bytes for s in nxt)
+
+
+@pytest.mark.slow
+def test_plan_is_confirmed_on_the_per_device_dry_run():
+    from harness.analysis import plan_gpus, verify_gpus
+    p = plan_gpus("meta-llama/Meta-Llama-3-8B", "T4", max_gpus=4, seq=1024)
+    check = verify_gpus(p)
+    assert check.confirmed, (check.planned.devices, check.next.devices)
