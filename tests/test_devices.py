@@ -127,3 +127,16 @@ def test_plan_is_confirmed_on_the_per_device_dry_run():
     p = plan_gpus("meta-llama/Meta-Llama-3-8B", "T4", max_gpus=4, seq=1024)
     check = verify_gpus(p)
     assert check.confirmed, (check.planned.devices, check.next.devices)
+
+
+def test_measure_cli_prints_a_peak_per_gpu(capsys):
+    from memcal.cli import main
+    args = ["measure", f"{CONFIGS}/tiny-llama.json", "--device", "dry-run", "--gpus", "2", "--seq", "64",
+            "--max-memory", "0=600KiB,1=10MiB"]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [d["device"] for d in out["devices"]] == [0, 1] and out["placement"]["strategy"] == "auto"
+    assert sum(d["weights_bytes"] for d in out["devices"]) == out["weights_bytes"]
+    assert [d["total_bytes"] for d in out["memcal_per_device"]] == [d["peak_tensor_bytes"] for d in out["devices"]]
+    assert main(args) == 0
+    assert "per GPU" in capsys.readouterr().out

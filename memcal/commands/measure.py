@@ -102,7 +102,7 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
     return record, _estimate(spec, workload)
 
 
-def _shares(record):
+def _shares(record, model: str):
     """memcal's formula per device for the record's device map (None when not split, or not estimable)."""
     if not record.placement or not record.ok:
         return None
@@ -110,7 +110,7 @@ def _shares(record):
         from estimator.devices import split_estimate
         from estimator.spec import load_spec
         from estimator.workload import Workload
-        spec = load_spec(record.model)
+        spec = load_spec(model)
         return split_estimate(spec, Workload(**record.workload), dict(record.placement["device_map"]),
                               record.placement["gpus"])
     except (MemcalError, KeyError, TypeError):
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                                   load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
                                   isolate=args.isolate, gpus=args.gpus, device_map=args.device_map,
                                   max_memory=split_budget(args))
-    shares = _shares(record)
+    shares = _shares(record, args.model)
     if args.json:
         out = measurement_json(record, est)
         if shares is not None:
