@@ -140,3 +140,13 @@ def test_measure_cli_prints_a_peak_per_gpu(capsys):
     assert [d["total_bytes"] for d in out["memcal_per_device"]] == [d["peak_tensor_bytes"] for d in out["devices"]]
     assert main(args) == 0
     assert "per GPU" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_one_gpu_fewer_is_refused_on_the_dry_run():
+    """The weights fit one L4 but batch 8 at 4096 tokens does not: the plan takes 2, the dry run agrees."""
+    from harness.analysis import plan_gpus, verify_gpus
+    p = plan_gpus("meta-llama/Meta-Llama-3-8B", "L4", max_gpus=4, batch=8, seq=4096)
+    assert p.gpus == 2
+    check = verify_gpus(p)
+    assert check.fewer is not None and check.over(check.fewer) and check.confirmed

@@ -84,15 +84,18 @@ def _fit(spec: ModelSpec, w: Workload, n: int, capacity: int):
 
 
 def plan_gpus(model: Any, gpu: str, *, max_gpus: int = 8, batch: int | None = None, seq: int | None = None,
-              max_batch: int = 1 << 16, **fields: Any) -> GpuPlan:
-    """See the module doc. ``fields``: the rest of the workload (dtype, phase, new_tokens, attention…)."""
+              gpus: int | None = None, max_batch: int = 1 << 16, **fields: Any) -> GpuPlan:
+    """See the module doc. ``gpus``: plan for that many GPUs only (the largest batch or prompt there).
+    ``fields``: the rest of the workload (dtype, phase, new_tokens, attention…)."""
+    if gpus is not None and gpus < 1 or max_gpus < 1:
+        raise MemcalError("the number of GPUs must be at least 1")
     spec = load_spec(model)
     profile = get_gpu(gpu)
     capacity = profile.allocator_capacity_bytes
     axis = "batch" if batch is None and seq is not None else "seq" if seq is None and batch is not None else None
     base = Workload(batch=batch or 1, prompt_len=seq or (1 if axis == "seq" else 512), **fields)
     fewer = ""
-    for n in range(1, max_gpus + 1):
+    for n in ([gpus] if gpus else range(1, max_gpus + 1)):
         ok, budget, dmap, shares, reason = _fit(spec, base, n, capacity)
         if not ok:
             fewer = f"{n} GPU(s): {reason}"
@@ -136,6 +139,8 @@ class GpuVerification:
     planned: Any
     next: Any
     capacity_bytes: int
+    fewer: Any = None                 # one GPU fewer on the dry run, where a map for it exists
+    fewer_reason: str = ""            # else why not: its weights do not fit
 
     def over(self, record) -> list[int]:
         return [d["device"] for d in record.devices if d["peak_tensor_bytes"] > self.capacity_bytes]
@@ -144,7 +149,8 @@ class GpuVerification:
     def confirmed(self) -> bool:
         planned_ok = self.planned is not None and self.planned.ok and not self.over(self.planned)
         next_fails = self.next is None or not self.next.ok or bool(self.over(self.next))
-        return planned_ok and next_fails
+        fewer_fails = self.fewer is None or not self.fewer.ok or bool(self.over(self.fewer))
+        return planned_ok and next_fails and fewer_fails
 
 
 def verify_gpus(p: GpuPlan) -> GpuVerification:
@@ -153,10 +159,19 @@ def verify_gpus(p: GpuPlan) -> GpuVerification:
     if not p.fits:
         return GpuVerification(None, None, p.capacity_bytes)
 
-    def run(w):
-        placement = device_placement(p.spec, w, gpus=p.gpus, strategy="auto", max_memory=p.max_memory)
+    def run(w, n=p.gpus, budget=p.max_memory):
+        placement = device_placement(p.spec, w, gpus=n, strategy="auto", max_memory=budget)
         return measure(p.spec, w, device="dry-run", placement=placement)
-    return GpuVerification(run(p.workload), run(p.next_workload) if p.next_workload else None, p.capacity_bytes)
+    fewer, reason = None, ""
+    if p.gpus > 1:
+        budget = dict.fromkeys(range(p.gpus - 1), p.capacity_bytes)
+        try:
+            device_map(p.spec, p.workload, budget, "auto")
+            fewer = run(p.workload, p.gpus - 1, budget)
+        except MemcalError as exc:
+            reason = str(exc)
+    return GpuVerification(run(p.workload), run(p.next_workload) if p.next_workload else None, p.capacity_bytes,
+                           fewer, reason)
 
 
 def gpu_plan_text(p: GpuPlan, check: GpuVerification | None = None, unit: str = "GiB") -> str:
@@ -180,7 +195,10 @@ def gpu_plan_text(p: GpuPlan, check: GpuVerification | None = None, unit: str = 
             for s in p.shares]
     lines += ["", table(rows, ["GPU", "weights", "KV cache", "activations", "total", "free"], "lrrrrr")]
     if check is not None:
-        for label, record in (("planned point", check.planned), ("next step", check.next)):
+        if check.fewer_reason:
+            lines.append(f"dry run   one GPU fewer: not run: {check.fewer_reason}")
+        for label, record in (("planned point", check.planned), ("next step", check.next),
+                              ("one GPU fewer", check.fewer)):
             if record is None:
                 continue
             peaks = ", ".join(human(d["peak_tensor_bytes"], unit) for d in record.devices) if record.ok \

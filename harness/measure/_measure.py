@@ -207,10 +207,10 @@ class _Split:
         import torch.utils._pytree as pytree
         n = self.placement.gpus
         kv: list[int | None] = [None] * n
-        if output is not None and output.cache is not None and self.devices is not None:
+        if output is not None and output.cache is not None:
             flat = [t for layer in getattr(output.cache, "layers", None) or []
                     for t in pytree.tree_flatten(list(vars(layer).values()))[0] if isinstance(t, torch.Tensor)]
-            kv = self.devices.bytes_by_device(flat)
+            kv = self.devices.bytes_by_device(flat) if self.devices is not None else _by_real_device(flat, n)
         real = session.peaks.get("devices") or [{}] * n
         out = []
         for i in range(n):
@@ -222,6 +222,19 @@ class _Split:
                 entry["peak_op"] = _op(self.devices.peak_op[i])
             out.append(entry)
         return tuple(out)
+
+
+def _by_real_device(tensors, n: int) -> list[int | None]:
+    """Distinct storages per CUDA device index (a real split run's cache)."""
+    seen: dict[int, tuple[int, int]] = {}
+    for t in tensors:
+        if t.device.type == "cuda" and t.device.index is not None and t.device.index < n:
+            st = t.untyped_storage()
+            seen[st._cdata] = (t.device.index, st.nbytes())
+    out: list[int | None] = [0] * n
+    for index, nbytes in seen.values():
+        out[index] += nbytes
+    return out
 
 
 def _op(op) -> str:

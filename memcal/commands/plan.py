@@ -21,6 +21,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, metavar="NAME",
                    help="plan over GPUs of this kind (e.g. H100-80GB): the fewest that fit, accelerate's device map")
     p.add_argument("--max-gpus", type=int, default=8, metavar="N", help="with --gpu: try up to N GPUs (default 8)")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="with --gpu: plan for exactly N GPUs (the largest batch or prompt there)")
     add_workload_arguments(p)
     p.add_argument("--formula", default="memcal",
                    help=f"the formula to plan with (default memcal): {', '.join(FORMULAS)}")
@@ -41,7 +43,7 @@ def _workload_fields(args: argparse.Namespace) -> dict:
 def run_gpus(args: argparse.Namespace) -> int:
     """--gpu: the fewest GPUs of a kind that fit (harness.analysis.plan_gpus), verified on the per-device dry run."""
     from harness.analysis import gpu_plan_text, plan_gpus, verify_gpus
-    result = plan_gpus(args.model, args.gpu, max_gpus=args.max_gpus, batch=args.batch, seq=args.seq,
+    result = plan_gpus(args.model, args.gpu, max_gpus=args.max_gpus, batch=args.batch, seq=args.seq, gpus=args.gpus,
                        **_workload_fields(args))
     check = verify_gpus(result) if args.verify else None
     if args.json:
@@ -49,7 +51,8 @@ def run_gpus(args: argparse.Namespace) -> int:
         if check is not None:
             out["verification"] = {"planned": check.planned.to_dict() if check.planned else None,
                                    "next": check.next.to_dict() if check.next else None,
-                                   "confirmed": check.confirmed}
+                                   "fewer": check.fewer.to_dict() if check.fewer else None,
+                                   "fewer_reason": check.fewer_reason, "confirmed": check.confirmed}
         print(json.dumps(out, indent=2))
     else:
         print(gpu_plan_text(result, check, unit=args.unit))
