@@ -150,3 +150,18 @@ def test_one_gpu_fewer_is_refused_on_the_dry_run():
     assert p.gpus == 2
     check = verify_gpus(p)
     assert check.fewer is not None and check.over(check.fewer) and check.confirmed
+
+
+def test_memory_cap_is_per_gpu_on_a_split_model():
+    spec = load_spec(f"{CONFIGS}/tiny-llama.json")
+    w = Workload(batch=2, prompt_len=64, dtype="bf16")
+    tree, _ = D.module_tree(spec, w)
+    total = D._sizes(tree)[0][""]
+    budget = {0: total // 2 + total // 4, 1: total}
+    placement = device_placement(spec, w, gpus=2, strategy="sequential", max_memory=budget)
+    free = measure(spec, w, device="dry-run", placement=placement)
+    highest = max(d["peak_tensor_bytes"] for d in free.devices)
+    assert free.peak_tensor_bytes > highest  # the total is over both GPUs; the cap is per GPU
+    assert measure(spec, w, device="dry-run", placement=placement, memory_cap=highest).ok
+    capped = measure(spec, w, device="dry-run", placement=placement, memory_cap=highest - 1)
+    assert capped.status == "oom" and "per GPU" in capped.message

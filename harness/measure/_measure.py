@@ -130,7 +130,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     else:
         tracker.track(built.tensors(), "weights")
         tracker.track([input_ids], "inputs")
-    if memory_cap is not None and tracker.live_bytes > memory_cap:
+    if memory_cap is not None and tracker.over_cap():
         return record_status(spec, workload, device, "oom",
                              f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
                              f"({memory_cap:,} bytes)", baseline_bytes=tracker.live_bytes,

@@ -157,11 +157,21 @@ class StorageTracker(TorchDispatchMode):
                             self._see(u, func)
 
     def over_cap(self) -> bool:
-        return self.cap_bytes is not None and self.live_bytes > self.cap_bytes
+        """Live bytes past the cap; with several (virtual) devices the cap is per device."""
+        if self.cap_bytes is None:
+            return False
+        if self.devices is not None:
+            return max(self.devices.live) > self.cap_bytes
+        return self.live_bytes > self.cap_bytes
 
     def cap_error(self, func) -> torch.OutOfMemoryError:
         """The cap's error, made while the op's outputs are still counted. Callers then drop the
         outputs and raise it, so the count is right when it propagates."""
+        if self.devices is not None:
+            device = max(range(self.devices.n), key=lambda d: self.devices.live[d])
+            return torch.OutOfMemoryError(
+                f"memcal memory cap: {self.devices.live[device]:,} live tensor bytes on GPU {device} would pass "
+                f"the cap of {self.cap_bytes:,} bytes per GPU (at aten.{_op_name(func)})")
         return torch.OutOfMemoryError(
             f"memcal memory cap: {self.live_bytes:,} live tensor bytes would pass the cap of {self.cap_bytes:,} "
             f"bytes (at aten.{_op_name(func)})")

@@ -23,7 +23,7 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="cpu (real tensors), dry-run (fake tensors: nothing allocated), cuda, mps")
     add_workload_arguments(p)
     p.add_argument("--memory-cap", default=None, metavar="SIZE",
-                   help="raise an OOM when live tensor bytes pass SIZE (e.g. 24GiB): cpu and dry-run")
+                   help="raise an OOM when live tensor bytes pass SIZE (e.g. 24GiB): cpu, dry-run (per GPU: --gpus)")
     p.add_argument("--load-weights", action="store_true",
                    help="load the real weights of MODEL, a local folder with *.safetensors (else random weights)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
