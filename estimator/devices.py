@@ -424,26 +424,47 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
             if dd != d:
                 dev.add(dd, -size, "")
         outs, where_in = new_outs, d
-    # the epilogue (final norm, lm_head) on the lm_head's device
-    if where_in != head:
-        dev.add(head, sum(outs), "epilogue: input copy")
-    sub = prog._Replay()
-    sub.alive = {**{f"in:{k}": s for k, s in enumerate(outs)},
-                 **{f"pro:{k}": (s if dd == head else 0) for k, (dd, s) in pro.items()}}
-    names = {f"in{k}": f"in:{k}" for k in range(len(outs))}
-    names.update({f"pro.{k}": f"pro:{k}" for k in pro})
-    base_live = sum(outs) + sum(s for dd, s in pro.values() if dd == head)
-    sub.live = base_live
-    sub.peak = base_live
-    sub.run(prog._compile(program.epilogue, scope), names, "epilogue")
-    dev.bump(head, sub.peak - base_live, f"epilogue: {sub.where}")
-    dev.add(head, sub.live - base_live, f"epilogue: {sub.where}")
-    if where_in != head:
+    # the epilogue: the final norm on its device, the lm_head and what follows on the logits on the lm_head's
+    norm = _final_norm_device(spec, dmap, head)
+    if where_in != norm:
+        dev.add(norm, sum(outs), "epilogue: input copy")
         dev.add(where_in, -sum(outs), "")
-    for k, (dd, size) in pro.items():  # what the epilogue freed of the prologue's tensors lived on their device
-        if f"pro:{k}" not in sub.alive and dd != head:
-            dev.add(dd, -size, "")
+    alive = {f"in{k}": (norm, size) for k, size in enumerate(outs)}
+    alive.update({f"pro.{k}": v for k, v in pro.items()})
+    pending = 0  # accelerate's copy of the lm_head's input (the positions whose logits are computed)
+    copied = head == norm
+    for step in program.epilogue:
+        if step.cond is not None and not prog.evaluate(step.cond, scope):
+            continue
+        if step.kind == "alloc":
+            d = head if any(_LOGITS.search(x) for x in step.shape) else norm
+            if d == head and not copied:
+                pending = b * scope["n_logits"] * scope["hidden"] * e
+                dev.add(head, pending, "epilogue: lm_head input copy")
+                copied = True
+            size = prog._bytes(step, scope)
+            alive[step.ids[0]] = (d, size)
+            dev.add(d, size, f"epilogue: {step.op}")
+            if pending and d == head:  # the copy is dropped once the lm_head returns
+                dev.add(head, -pending, "")
+                pending = 0
+        elif step.kind == "free":
+            for i in step.ids:
+                if i in alive:
+                    d, size = alive.pop(i)
+                    dev.add(d, -size, "")
     return dev, head
+
+
+_LOGITS = re.compile(r"\bvocab\b|\bn_logits\b")
+
+
+def _final_norm_device(spec: ModelSpec, dmap: dict, head: int) -> int:
+    """The device of the model's final norm (a model-scope norm), else the lm_head's."""
+    for t in parameter_layout(spec).tensors:
+        if t.kind == "norm" and t.layers is None:
+            return device_of(dmap, t.path)
+    return head
 
 
 def split_estimate(spec: ModelSpec, workload: Workload, dmap: dict, n: int | None = None) -> list[DeviceShare]:
