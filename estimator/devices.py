@@ -374,6 +374,7 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
     hidden = b * t * scope["hidden"] * e if "hidden" in scope else 0
     alive: dict[str, tuple[int, int]] = {}
     stream: set[str] = set()    # prologue tensors of the hidden stream (embeddings): a layer's input, not a kwarg
+    masks: set[str] = set()     # attention masks (one per attention kind: full, sliding)
     moved = False
     for step in program.prologue:
         if step.cond is not None and not prog.evaluate(step.cond, scope):
@@ -388,6 +389,8 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
             alive[step.ids[0]] = (d, size)
             if any(re.search(r"\bhidden\b", x) for x in step.shape):
                 stream.add(step.ids[0])
+            elif len(step.shape) == 4:  # an attention mask: a layer gets the one of its own kind
+                masks.add(step.ids[0])
             dev.add(d, size, f"prologue: {step.op}")
         elif step.kind == "free":
             for i in step.ids:
@@ -407,7 +410,8 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
         if kind not in compiled or prog._reads_layer(program.layers[kind]):
             compiled[kind] = prog._compile(program.layers[kind], {**scope, "i": i})
         # accelerate copies the layer's keyword tensors (rotary tables, position ids, mask) from other devices
-        copies = sum(size for k, (dd, size) in pro.items() if dd != d and k not in stream)
+        copies = sum(size for k, (dd, size) in pro.items() if dd != d and k not in stream and k not in masks)
+        copies += max((size for k, (dd, size) in pro.items() if dd != d and k in masks), default=0)
         if i == 0 and embed != d:  # the first layer's input is the embeddings themselves
             copies += max((size for k, (dd, size) in pro.items() if k in stream), default=0)
         if where_in != d:
