@@ -66,9 +66,14 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def split_text(spec, workload, budget: dict[int, int], strategy: str, unit: str) -> tuple[str, dict]:
     """memcal's formula per GPU of accelerate's device map (estimator/devices.py): text and JSON."""
-    from estimator.devices import device_map, split_estimate
+    from pathlib import Path
+
+    from estimator.devices import STRATEGIES, device_map, split_estimate
     from estimator.format import human, table
-    dmap = device_map(spec, workload, budget, strategy)
+    if strategy not in STRATEGIES and Path(strategy).is_file():  # a map by hand: {module: GPU}
+        dmap = {str(k): int(v) for k, v in json.loads(Path(strategy).read_text()).items()}
+    else:
+        dmap = device_map(spec, workload, budget, strategy)
     shares = split_estimate(spec, workload, dmap, len(budget))
     rows = [[str(s.device), human(s.weights_bytes, unit), human(s.kv_cache_bytes, unit),
              human(s.activation_bytes, unit), human(s.total_bytes, unit), human(budget[s.device], unit), s.where]
