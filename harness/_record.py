@@ -5,7 +5,10 @@ Schema history (``schema_version``):
   2 -- the dry run's CUDA target (issue 16): ``cuda_gpu`` (the GPU profile emulated, "" when none) and
        ``cuda_allocated_bytes``, ``cuda_reserved_bytes``, ``cuda_device_bytes``: what that GPU's
        max_memory_allocated, max_memory_reserved and NVML total would show (predicted, never measured).
-       Version 1 records load with them empty.
+       Version 1 records load with them empty. Issue 18 added two optional fields, read as empty from
+       older records: ``placement`` (a model split over GPUs: the device map and the budget it came
+       from) and ``devices`` (one mapping per GPU: ``device`` index and its own byte fields,
+       `DEVICE_BYTE_FIELDS`).
 
 A field that a probe cannot measure on a device is None, never 0 or -1: a CPU build's
 torch.cuda.max_memory_allocated() returns 0, and a zero is never taken as a measurement.
@@ -17,7 +20,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["BYTE_FIELDS", "DEVICES", "Measurement", "PEAK_ORDER", "SCHEMA_VERSION", "STATUSES", "peak_bytes"]
+__all__ = ["BYTE_FIELDS", "DEVICE_BYTE_FIELDS", "DEVICES", "Measurement", "PEAK_ORDER", "SCHEMA_VERSION", "STATUSES",
+           "peak_bytes"]
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "oom", "unsupported", "error", "skipped", "crashed", "timeout")
@@ -39,6 +43,11 @@ BYTE_FIELDS = (
     "cuda_reserved_bytes",    # ... predicted max_memory_reserved (the caching allocator model's replay)
     "cuda_device_bytes",      # ... predicted process total (reserved + the profile's CUDA context)
 )
+
+
+# Per GPU, when a model is split over several (issue 18): what each device holds and its peaks.
+DEVICE_BYTE_FIELDS = ("weights_bytes", "kv_cache_bytes", "baseline_bytes", "peak_tensor_bytes",
+                      "peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes")
 
 
 # The most complete peak of each device, most complete first; the tensor-level peak ends every list.
@@ -96,6 +105,8 @@ class Measurement:
     notes: tuple[str, ...] = ()
     env: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    placement: Mapping[str, Any] = field(default_factory=dict)   # issue 18: the device map, if split
+    devices: tuple[Mapping[str, Any], ...] = ()                  # issue 18: one entry per GPU
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -114,7 +125,14 @@ class Measurement:
                 raise ValueError(f"{name} must not be negative, got {value}")
         if self.status == "ok" and self.peak_tensor_bytes is None:
             raise ValueError("an ok measurement needs peak_tensor_bytes")
+        for entry in self.devices:
+            for name in DEVICE_BYTE_FIELDS:
+                value = entry.get(name)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                    raise ValueError(f"devices[{entry.get('device')}].{name} must be an int of bytes or None")
         object.__setattr__(self, "workload", _frozen(self.workload))
+        object.__setattr__(self, "placement", _frozen(self.placement))
+        object.__setattr__(self, "devices", tuple(_frozen(d) for d in self.devices))
         object.__setattr__(self, "env", _frozen(self.env))
         object.__setattr__(self, "notes", tuple(self.notes))
 
@@ -133,6 +151,8 @@ class Measurement:
             value = getattr(self, f.name)
             if isinstance(value, Mapping):
                 value = dict(value)
+            elif f.name == "devices":
+                value = [dict(d) for d in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -146,4 +166,5 @@ class Measurement:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["notes"] = tuple(kwargs.get("notes", ()))
+        kwargs["devices"] = tuple(kwargs.get("devices", ()))
         return cls(**kwargs)

@@ -8,11 +8,13 @@ imports torch (the rest of the harness does not).
 * the probes (`get_probe`): cpu, dry-run (fake tensors, `DryRunMode`), cuda, mps;
 * the protocol (`measuring`): gc, empty caches, reset peaks, snapshot, run, snapshot;
 * the phases (`make_inputs`, `run_phase`): prefill and generate;
+* several GPUs (`device_placement`, issue 18): accelerate's device map, a peak per device;
 * provenance (`capture`), and the `memcal measure` display (`measurement_text`, `measurement_json`).
 
 The record itself, `harness.Measurement`, lives in the top package: every subpackage reads it.
 """
 from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason, weight_tensors
+from ._devices import STRATEGIES, Placement, VirtualDevices, device_placement, parse_max_memory
 from ._env import capture, git_info
 from ._fakemode import FAST_KEY_SUPPORTED, DryRunMode
 from ._format import measurement_json, measurement_text
@@ -24,7 +26,8 @@ from ._protocol import Session, measuring, settle
 from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
-__all__ = ["FAST_KEY_SUPPORTED", "TORCH_DTYPES", "BuiltModel", "KnownValues", "CpuProbe", "CudaProbe",
+__all__ = ["FAST_KEY_SUPPORTED", "STRATEGIES", "TORCH_DTYPES", "BuiltModel", "Placement", "VirtualDevices",
+           "device_placement", "parse_max_memory", "KnownValues", "CpuProbe", "CudaProbe",
            "DryRunMode", "DryRunProbe",
            "MpsProbe", "Probe", "Session", "Snapshot", "StorageTracker", "build_failure", "build_model",
            "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "measure",

@@ -59,6 +59,7 @@ class BuiltModel:
     fake_mode: Any = None
     weight_bytes: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    placement: Any = None       # a harness.measure._devices.Placement: the model split over GPUs (issue 18)
 
     def key(self) -> tuple:
         return (self.spec.name, self.device, self.dtype, self.weights, self.double_quant, self.attention)
@@ -178,11 +179,19 @@ def _random(config, workload: Workload, torch_device: str, fake_mode=None):
 
 
 def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, weights_path: str | Path | None = None,
-                trust_remote_code: bool = False, seed: int = 0) -> BuiltModel:
-    """Build the model a workload runs on (see the module docstring). Raises MemcalError on bad input."""
+                trust_remote_code: bool = False, seed: int = 0, placement: Any = None) -> BuiltModel:
+    """Build the model a workload runs on (see the module docstring). Raises MemcalError on bad input.
+
+    ``placement`` (a `Placement`) splits the model over GPUs: on the dry run the devices are virtual
+    (harness/measure/_devices.py); on CUDA the random weights are made on the host and dispatched by
+    accelerate's ``dispatch_model``, as ``from_pretrained(device_map=...)`` does."""
     reason = unsupported_reason(spec, workload, device)
     if reason:
         raise MemcalError(reason)
+    if placement is not None and device not in ("dry-run", "cuda"):
+        raise MemcalError(f"a device map splits a model over GPUs: measure it on the dry run or cuda, not {device}")
+    if placement is not None and device == "cuda":
+        return _dispatched(spec, workload, placement, weights_path, trust_remote_code, seed)
     torch_device = "cpu" if device == "dry-run" else device
     notes: list[str] = []
     if spec.is_moe:
@@ -224,9 +233,32 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
     if spec.is_moe:
         notes.append(f"MoE experts implementation: {_experts_impl(model)}; on CPU, operands whose strides torch's "
                      "grouped_mm kernel rejects (not multiples of 16 bytes) take transformers' fallback")
+    if placement is not None:
+        notes.append(f"split over {placement.gpus} virtual GPUs by accelerate's {placement.strategy} device map; "
+                     "allocations attributed to the device of their inputs or module, with accelerate's copies")
     return BuiltModel(model=model, spec=spec, device=device, torch_device=torch_device, dtype=workload.dtype,
                       weights=workload.weights, double_quant=workload.double_quant, attention=workload.attention,
-                      fake_mode=fake_mode, weight_bytes=storages_bytes(weight_tensors(model)), notes=tuple(notes))
+                      fake_mode=fake_mode, weight_bytes=storages_bytes(weight_tensors(model)), notes=tuple(notes),
+                      placement=placement)
+
+
+def _dispatched(spec: ModelSpec, workload: Workload, placement: Any, weights_path, trust_remote_code: bool,
+                seed: int) -> BuiltModel:
+    """Random (or real) weights split over the visible CUDA devices as the placement says."""
+    from accelerate import dispatch_model
+    torch.manual_seed(seed)
+    device_map = {k: int(v) for k, v in placement.device_map.items()}
+    if weights_path is not None:
+        _check_folder(Path(weights_path))
+        model = _from_pretrained(Path(weights_path), workload, device_map, trust_remote_code)  # type: ignore[arg-type]
+    else:
+        model = _random(_config(spec, workload), workload, "cpu")
+        model = dispatch_model(model, device_map=device_map, skip_keys=list(placement.skip_keys))
+    model.eval()
+    return BuiltModel(model=model, spec=spec, device="cuda", torch_device=f"cuda:{placement.first_device}",
+                      dtype=workload.dtype, weights=workload.weights, double_quant=workload.double_quant,
+                      attention=workload.attention, weight_bytes=storages_bytes(weight_tensors(model)),
+                      notes=(f"split over {placement.gpus} GPUs by accelerate's dispatch_model",), placement=placement)
 
 
 def _one_token(model) -> None:

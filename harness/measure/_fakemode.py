@@ -118,6 +118,8 @@ class DryRunMode(FakeTensorMode):
             out = self._run(asked, types, args, kwargs)
         finally:
             self._inside = False
+        if tracker.devices is not None:  # several (virtual) devices: outputs go where the inputs are
+            tracker.devices.from_args(args, kwargs)
         tracker.observe(func, out)
         if tracker.over_cap():
             error, out = tracker.cap_error(func), None  # drop the outputs: their storages are freed

@@ -87,8 +87,30 @@ _MEASURED_LABELS = (
 )
 
 
-def measurement_text(record: Measurement, estimate: Any = None, unit: str | None = None, cuda: Any = None) -> str:
-    """The `memcal measure` display: what was measured, then one row per formula with errors."""
+def _devices_table(record: Measurement, shares, unit: str) -> list[str]:
+    """One row per GPU of a split model: what it holds, its peak, and memcal's prediction beside it."""
+    header = ["GPU", "weights", "KV cache", "peak (tensor)", "peak (allocated)"]
+    if shares:
+        header += ["memcal", "err"]
+    rows = []
+    for i, d in enumerate(record.devices):
+        row = [str(d.get("device")), _size(d.get("weights_bytes"), unit), _size(d.get("kv_cache_bytes"), unit),
+               _size(d.get("peak_tensor_bytes"), unit), _size(d.get("peak_allocated_bytes"), unit)]
+        if shares:
+            measured = d.get("peak_tensor_bytes") or d.get("peak_allocated_bytes")
+            row += [_size(shares[i].total_bytes, unit), _pct(relative_error(shares[i].total_bytes, measured))]
+        rows.append(row)
+    placement = record.placement
+    mapped = ", ".join(f"{k or '(all)'}->{v}" for k, v in list(placement.get("device_map", {}).items())[:8])
+    more = len(placement.get("device_map", {})) - 8
+    return ["", f"per GPU ({unit}; {placement.get('strategy')} device map over {placement.get('gpus')} GPUs: {mapped}"
+                f"{f', … {more} more' if more > 0 else ''})", table(rows, header, "l" + "r" * (len(header) - 1))]
+
+
+def measurement_text(record: Measurement, estimate: Any = None, unit: str | None = None, cuda: Any = None,
+                     device_shares=None) -> str:
+    """The `memcal measure` display: what was measured, then one row per formula with errors; a split
+    model adds a row per GPU (``device_shares``: memcal's prediction per GPU, estimator.devices)."""
     unit = unit or _display_unit(record)
     wl = record.workload
     lines = [f"model     {record.model} ({record.family})",
@@ -102,6 +124,8 @@ def measurement_text(record: Measurement, estimate: Any = None, unit: str | None
     rows = [[label, _size(getattr(record, name), unit), f"{getattr(record, name):,}"]
             for name, label in _MEASURED_LABELS if getattr(record, name) is not None]
     lines += ["", f"measured ({unit})", table(rows, ["component", unit, "bytes"], "lrr")]
+    if record.devices:
+        lines += _devices_table(record, device_shares, unit)
     comparisons = compare(record, estimate)
     if comparisons:
         measured = measured_beside_formulas(record)

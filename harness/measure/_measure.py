@@ -12,6 +12,7 @@ input (an unknown model, an impossible workload) raises MemcalError.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -26,6 +27,7 @@ from .._record import Measurement
 from . import _env as env_mod
 from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
 from ._cuda_target import CudaTargetTracker
+from ._devices import VirtualDevices, attach_hooks, track_weights
 from ._isolate import call_in_fresh_process
 from ._phases import cache_bytes, make_inputs, run_phase
 from ._probes import CudaProbe, Probe, get_probe
@@ -45,25 +47,33 @@ def record_status(spec: ModelSpec, workload: Workload, device: str, status: str,
 
 def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: int | None = None,
             weights_path: str | None = None, trust_remote_code: bool = False, isolate: bool = False,
-            keep_trace: bool = False, gpu: Any = None, cuda_env: dict | None = None) -> Measurement:
+            keep_trace: bool = False, gpu: Any = None, cuda_env: dict | None = None,
+            placement: Any = None) -> Measurement:
     """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps).
 
     ``gpu`` (a GPU profile, table name or JSON file; dry-run only): the CUDA target, whose predicted
     allocated, reserved and device peaks the record gains (harness/measure/_cuda_target.py);
     ``cuda_env``: the environment variables it reads (PYTORCH_CUDA_ALLOC_CONF, CUBLAS_WORKSPACE_CONFIG).
+    ``placement`` (`harness.measure.device_placement`) splits the model over GPUs: the record then
+    holds a peak per device (``devices``) beside the totals.
     """
     spec = load_spec(model)
     gpu = _gpu(gpu, device)
+    if placement is not None and isolate:
+        raise MemcalError("--isolate with a device map is not supported")
+    if placement is not None and gpu is not None:
+        raise MemcalError("--gpu (the CUDA target) with a device map over several GPUs is not supported yet")
     if isolate:
         return _measure_isolated(spec, workload, device=device, memory_cap=memory_cap,
                                  weights_path=weights_path, trust_remote_code=trust_remote_code,
                                  gpu=dataclasses.asdict(gpu) if gpu else None, cuda_env=cuda_env)
-    probe = get_probe(device)
+    probe = get_probe(device, gpus=placement.gpus if placement is not None else 1)
     reason = probe.unavailable() or unsupported_reason(spec, workload, device)
     if reason:
         return record_status(spec, workload, device, "unsupported", reason)
     try:
-        built = build_model(spec, workload, device, weights_path=weights_path, trust_remote_code=trust_remote_code)
+        built = build_model(spec, workload, device, weights_path=weights_path, trust_remote_code=trust_remote_code,
+                            placement=placement)
     except MemcalError:
         raise
     except Exception as exc:  # failure is data: a sweep goes on
@@ -140,9 +150,13 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         tracker_out.append(tracker)
     common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
     input_ids = make_inputs(built, workload)
-    tracker.track(built.tensors(), "weights")
-    tracker.track([input_ids], "inputs")
-    if memory_cap is not None and tracker.live_bytes > memory_cap:
+    split = _Split(built, tracker) if built.placement is not None else None
+    if split is not None:
+        split.track(input_ids)
+    else:
+        tracker.track(built.tensors(), "weights")
+        tracker.track([input_ids], "inputs")
+    if memory_cap is not None and tracker.over_cap():
         return record_status(spec, workload, device, "oom",
                              f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
                              f"({memory_cap:,} bytes)", baseline_bytes=tracker.live_bytes,
@@ -150,7 +164,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     status, message, output = "ok", "", None
     session = None
     try:
-        with measuring(probe, tracker) as session:
+        with measuring(probe, tracker) as session, (split or contextlib.nullcontext()):
             output = run_phase(built, workload, input_ids)
     except torch.OutOfMemoryError as exc:
         status, message = "oom", one_line(exc)
@@ -170,7 +184,9 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         activation_bytes=session.activation_bytes if session else None,
         wall_time_s=round(session.wall_time_s, 6) if session else None, peak_op=session.peak_op if session else "",
         notes=tuple(notes), env=env_mod.capture(device),
-        **{k: v for k, v in (session.peaks if session else {}).items()}, **common, **cuda)
+        placement=built.placement.to_dict() if built.placement is not None else {},
+        devices=split.entries(output, session, probe) if split is not None and session else (),
+        **{k: v for k, v in (session.peaks if session else {}).items() if k != "devices"}, **common, **cuda)
     del output, input_ids
     return record
 
@@ -188,6 +204,83 @@ def _cuda_fields(tracker, notes: list, status: str) -> dict:
         return {"cuda_gpu": replay["gpu"]}
     return {"cuda_gpu": replay["gpu"], "cuda_allocated_bytes": replay["allocated_bytes"],
             "cuda_reserved_bytes": replay["reserved_bytes"], "cuda_device_bytes": replay["device_bytes"]}
+
+
+class _Split:
+    """A run over several devices: virtual ones on the dry run (tracker per device, accelerate's copies
+    as hooks), real ones on CUDA (the probe's counters per device). Enter around the run."""
+
+    def __init__(self, built: BuiltModel, tracker: StorageTracker) -> None:
+        self.built, self.tracker, self.placement = built, tracker, built.placement
+        self.virtual = built.fake_mode is not None
+        self.devices = VirtualDevices(self.placement.gpus, self.placement.first_device) if self.virtual else None
+        self.weights: list[int] = [0] * self.placement.gpus
+        self.baseline: list[int] = [0] * self.placement.gpus
+        self._handles: list = []
+
+    def track(self, input_ids) -> None:
+        tracker, placement = self.tracker, self.placement
+        if self.virtual:
+            tracker.devices = self.devices
+            track_weights(tracker, self.built.model, placement)
+            self.weights = list(self.devices.live)
+            with self.devices.forcing(placement.first_device):  # where model.device puts the prompt
+                tracker.track(self.built.tensors(), "weights")  # anything outside the mapped modules
+                tracker.track([input_ids], "inputs")
+            self.baseline = list(self.devices.live)
+            return
+        tracker.track(self.built.tensors(), "weights")
+        tracker.track([input_ids], "inputs")
+        for t in self.built.tensors():
+            if t.device.type == "cuda":
+                self.weights[t.device.index] += t.untyped_storage().nbytes()
+
+    def __enter__(self):
+        if self.virtual:
+            self._handles = attach_hooks(self.built.model, self.placement, self.devices)
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def entries(self, output, session, probe) -> tuple[dict, ...]:
+        import torch.utils._pytree as pytree
+        n = self.placement.gpus
+        kv: list[int | None] = [None] * n
+        if output is not None and output.cache is not None:
+            flat = [t for layer in getattr(output.cache, "layers", None) or []
+                    for t in pytree.tree_flatten(list(vars(layer).values()))[0] if isinstance(t, torch.Tensor)]
+            kv = self.devices.bytes_by_device(flat) if self.devices is not None else _by_real_device(flat, n)
+        real = session.peaks.get("devices") or [{}] * n
+        out = []
+        for i in range(n):
+            entry = {"device": i, "weights_bytes": self.weights[i], "kv_cache_bytes": kv[i],
+                     "baseline_bytes": self.baseline[i] if self.virtual else None,
+                     "peak_tensor_bytes": self.devices.peak[i] if self.virtual else None,
+                     **real[i]}
+            if self.virtual:
+                entry["peak_op"] = _op(self.devices.peak_op[i])
+            out.append(entry)
+        return tuple(out)
+
+
+def _by_real_device(tensors, n: int) -> list[int | None]:
+    """Distinct storages per CUDA device index (a real split run's cache)."""
+    seen: dict[int, tuple[int, int]] = {}
+    for t in tensors:
+        if t.device.type == "cuda" and t.device.index is not None and t.device.index < n:
+            st = t.untyped_storage()
+            seen[st._cdata] = (t.device.index, st.nbytes())
+    out: list[int | None] = [0] * n
+    for index, nbytes in seen.values():
+        out[index] += nbytes
+    return out
+
+
+def _op(op) -> str:
+    return op if isinstance(op, str) else str(op.overloadpacket.__name__)
 
 
 def _classify(exc: Exception, built: BuiltModel) -> tuple[str, str]:

@@ -209,15 +209,16 @@ class CudaProbe(Probe):
     name = "cuda"
     device_type = "cuda"
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, gpus: int = 1) -> None:
         self.index = index
+        self.gpus = gpus            # a model split over GPUs 0..gpus-1 (issue 18): counters per device
         self._nvml_index = index
         self._sampler: _Sampler | None = None
 
     def unavailable(self) -> str | None:
         if not torch.cuda.is_available():
             return f"cuda probe: no CUDA device here (torch {torch.__version__}, built with CUDA {torch.version.cuda})"
-        return None
+        return self.unavailable_gpus()
 
     def warm_up(self, dtype: torch.dtype) -> None:
         """Creates the CUDA context and the cuBLAS workspace before the baseline is taken."""
@@ -237,7 +238,8 @@ class CudaProbe(Probe):
         torch.cuda.empty_cache()
 
     def reset_peaks(self) -> None:
-        torch.cuda.reset_peak_memory_stats()
+        for i in range(self.gpus):
+            torch.cuda.reset_peak_memory_stats(i)
 
     def snapshot(self, tensor_live_bytes: int) -> Snapshot:
         torch.cuda.synchronize()
@@ -252,6 +254,8 @@ class CudaProbe(Probe):
         return self._sampler
 
     def peaks(self, before: Snapshot, after: Snapshot) -> dict[str, int | None]:
+        if self.gpus > 1:
+            return self._split_peaks()
         reserved = torch.cuda.max_memory_reserved()
         non_torch = None if after.process_bytes is None else max(after.process_bytes - (after.reserved_bytes or 0), 0)
         device = None
@@ -260,6 +264,19 @@ class CudaProbe(Probe):
             device = max(reserved + non_torch, sampled or 0)
         return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(), "peak_reserved_bytes": reserved,
                 "peak_device_bytes": device, "non_torch_bytes": non_torch}
+
+
+    def _split_peaks(self) -> dict:
+        """Several GPUs: each one's allocator peaks (``devices``), and their sums as the record's totals
+        (NVML's per-process number is not sampled per device: peak_device_bytes stays None)."""
+        per = [{"peak_allocated_bytes": torch.cuda.max_memory_allocated(i),
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(i)} for i in range(self.gpus)]
+        return {"peak_allocated_bytes": sum(d["peak_allocated_bytes"] for d in per),
+                "peak_reserved_bytes": sum(d["peak_reserved_bytes"] for d in per), "devices": per}
+
+    def unavailable_gpus(self) -> str | None:
+        count = torch.cuda.device_count()
+        return None if count >= self.gpus else f"cuda probe: {self.gpus} GPUs asked for, {count} visible"
 
 
 # --- mps -------------------------------------------------------------------------------------------
@@ -303,14 +320,14 @@ class MpsProbe(Probe):
                 "peak_reserved_bytes": self._driver.max if self._driver else None}
 
 
-def get_probe(device: str, fake_mode=None) -> Probe:
-    """The probe for a device name (cpu, dry-run, cuda, mps)."""
+def get_probe(device: str, fake_mode=None, gpus: int = 1) -> Probe:
+    """The probe for a device name (cpu, dry-run, cuda, mps); ``gpus``: a model split over that many."""
     if device == "cpu":
         return CpuProbe()
     if device == "dry-run":
         return DryRunProbe(fake_mode)
     if device == "cuda":
-        return CudaProbe()
+        return CudaProbe(gpus=gpus)
     if device == "mps":
         return MpsProbe()
     from estimator.errors import MemcalError

@@ -74,6 +74,7 @@ class StorageTracker(TorchDispatchMode):
         self.trace: list[TraceEvent] | None = [] if keep_trace else None
         self._refs: dict[int, tuple[weakref.ref, int]] = {}
         self._self_ref = weakref.ref(self)
+        self.devices = None  # a harness.measure._devices.VirtualDevices: a live total and a peak per device
 
     @property
     def peak_op(self) -> str:
@@ -93,6 +94,10 @@ class StorageTracker(TorchDispatchMode):
         entry = self._refs.pop(key, None)
         if entry is not None:
             self._change(-entry[1], "free")
+            if self.devices is not None:
+                device = self.devices.of.pop(key, None)
+                if device is not None:
+                    self.devices.change(device, -entry[1], "free")
 
     def _see(self, t: torch.Tensor, op) -> None:
         """Count `t`'s storage if it is new (or resized). `op`: an aten overload or a label."""
@@ -108,10 +113,16 @@ class StorageTracker(TorchDispatchMode):
             if nbytes != entry[1]:  # resized in place (resize_, out= ops)
                 self._refs[key] = (entry[0], nbytes)
                 self._change(nbytes - entry[1], op)
+                if self.devices is not None and key in self.devices.of:
+                    self.devices.change(self.devices.of[key], nbytes - entry[1], op)
             return
         ref = weakref.ref(st, lambda _r, key=key, tracker=self._self_ref: _call_freed(tracker, key, _r))
         self._refs[key] = (ref, nbytes)
         self._change(nbytes, op)
+        if self.devices is not None:
+            device = self.devices.new_device()
+            self.devices.of[key] = device
+            self.devices.change(device, nbytes, op)
 
     def track(self, tensors: Iterable[torch.Tensor], label: str = "track") -> int:
         """Register tensors that exist already (weights, buffers, inputs); returns bytes added."""
@@ -127,6 +138,8 @@ class StorageTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         self.peak_bytes = self.live_bytes
         self._peak_op = "reset"
+        if self.devices is not None:
+            self.devices.reset_peak()
 
     # --- the dispatch hook -----------------------------------------------------------------------
     def observe(self, func, out) -> None:
@@ -146,17 +159,29 @@ class StorageTracker(TorchDispatchMode):
                             self._see(u, func)
 
     def over_cap(self) -> bool:
-        return self.cap_bytes is not None and self.live_bytes > self.cap_bytes
+        """Live bytes past the cap; with several (virtual) devices the cap is per device."""
+        if self.cap_bytes is None:
+            return False
+        if self.devices is not None:
+            return max(self.devices.live) > self.cap_bytes
+        return self.live_bytes > self.cap_bytes
 
     def cap_error(self, func) -> torch.OutOfMemoryError:
         """The cap's error, made while the op's outputs are still counted. Callers then drop the
         outputs and raise it, so the count is right when it propagates."""
+        if self.devices is not None:
+            device = max(range(self.devices.n), key=lambda d: self.devices.live[d])
+            return torch.OutOfMemoryError(
+                f"memcal memory cap: {self.devices.live[device]:,} live tensor bytes on GPU {device} would pass "
+                f"the cap of {self.cap_bytes:,} bytes per GPU (at aten.{_op_name(func)})")
         return torch.OutOfMemoryError(
             f"memcal memory cap: {self.live_bytes:,} live tensor bytes would pass the cap of {self.cap_bytes:,} "
             f"bytes (at aten.{_op_name(func)})")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if self.devices is not None:
+            self.devices.from_args(args, kwargs)
         self.observe(func, out)
         if self.over_cap():
             error, out = self.cap_error(func), None  # drop the outputs now: their storages are freed

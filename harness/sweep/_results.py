@@ -10,6 +10,8 @@ Schema history (``schema_version`` of the header):
        a failure happened) and worker_pid (the process that measured it); status may also
        be one of the sweep's own: skipped, crashed, timeout. A point's ``env`` holds only the keys
        that differ from the header's env (usually just the date); `read_results` puts them back.
+       Issue 18 (no new version: additive, optional): a record of a model split over GPUs also
+       carries ``placement`` and ``devices`` (one entry per GPU); older records have neither.
 
 A file is never rewritten: a sweep appends (after cutting a torn last line left by a killed
 process), and `merge_results` writes a new file after checking that its inputs are comparable.

@@ -141,8 +141,13 @@ def _open_results(out: Path, experiment: Experiment, shard) -> tuple[dict | None
 def run_sweep(experiment: Experiment, *, out: str | Path, shard: tuple[int, int] | None = None,
               isolate: bool = False, timeout_s: float | None = None, machine: str | None = None,
               progress: bool = True, worker_env: dict[str, str] | None = None,
-              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepSummary:
-    """Measure the experiment's points (those of `shard`) not yet in `out`; append them to `out`."""
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              gpus: list[str] | None = None, ray_address: str | None = None) -> SweepSummary:
+    """Measure the experiment's points (those of `shard`) not yet in `out`; append them to `out`.
+
+    ``gpus`` (["0", "1", …]): one lane of workers per local GPU, each worker started with
+    ``CUDA_VISIBLE_DEVICES`` set to its GPU; groups go to whichever lane is free and this process stays the
+    only writer. ``ray_address``: the groups run as Ray tasks on that cluster (harness/sweep/_ray.py)."""
     start = time.monotonic()
     out = Path(out)
     groups = experiment.groups()
@@ -181,8 +186,15 @@ def run_sweep(experiment: Experiment, *, out: str | Path, shard: tuple[int, int]
                 on_record(full)
 
         pending = [points for points in groups.values() if any(p.key not in records for p in points)]
-        for i, points in enumerate(pending):
-            _run_group(runner, points, records, write, more_groups=i + 1 < len(pending))
+        if ray_address is not None:
+            from ._ray import run_on_ray
+            run_on_ray(ray_address, experiment, pending, records, write)
+        elif gpus and len(gpus) > 1:
+            runner.shutdown()
+            _run_lanes(experiment, runner, pending, records, write, gpus)
+        else:
+            for i, points in enumerate(pending):
+                _run_group(runner, points, records, write, more_groups=i + 1 < len(pending))
     except BaseException:
         runner.shutdown()
         raise
@@ -194,6 +206,44 @@ def run_sweep(experiment: Experiment, *, out: str | Path, shard: tuple[int, int]
     runner.shutdown()
     summary.elapsed_s = time.monotonic() - start
     return summary
+
+
+def _run_lanes(experiment: Experiment, base: _Runner, pending: list[list[Point]], records: dict[tuple, dict], write,
+               gpus: list[str]) -> None:
+    """One thread per GPU, each with its own workers (CUDA_VISIBLE_DEVICES=<gpu>), taking whole groups
+    from one queue; every record goes through `write` under one lock: this process stays the only writer."""
+    import queue
+    import threading
+    todo: queue.Queue = queue.Queue()
+    for points in pending:
+        todo.put(points)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def locked_write(*args, **kwargs):
+        with lock:
+            write(*args, **kwargs)
+
+    def lane(gpu: str) -> None:
+        runner = _Runner(experiment, base.timeout_s, base.isolate, {**base.worker_env, "CUDA_VISIBLE_DEVICES": gpu})
+        try:
+            while not errors:
+                try:
+                    points = todo.get_nowait()
+                except queue.Empty:
+                    return
+                _run_group(runner, points, records, locked_write, more_groups=not todo.empty())
+        except BaseException as exc:  # surfaced by the main thread
+            errors.append(exc)
+        finally:
+            runner.shutdown()
+    threads = [threading.Thread(target=lane, args=(gpu,), name=f"memcal-lane-{gpu}", daemon=True) for gpu in gpus]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _run_group(runner: _Runner, points: list[Point], records: dict[tuple, dict], write, more_groups: bool) -> None:

@@ -146,6 +146,13 @@ def _send(conn, message: dict[str, Any]) -> None:
     conn.send_bytes(json.dumps(message, separators=(",", ":"), default=str).encode())
 
 
+def set_threads(threads: int | None) -> None:
+    """torch.set_num_threads in this worker (also a Ray task's, harness/sweep/_ray.py)."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
 def worker_main(conn, log_path: str, device: str, threads: int | None, env: dict[str, str]) -> None:
     """The worker's life: hello, one group message, then points until the connection closes."""
     _die_with_parent()
@@ -153,9 +160,7 @@ def worker_main(conn, log_path: str, device: str, threads: int | None, env: dict
     os.environ.update(env)
     from . import _preload  # noqa: F401  (already imported in the fork server; spawn imports it here)
     _quiet_progress_bars()
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
+    set_threads(threads)
     from estimator.workload import Workload
     from harness.measure import capture
     _send(conn, {"type": "hello", "pid": os.getpid(), "env": capture(device)})

@@ -70,6 +70,34 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interactive", action="store_true",
                    help="ask for whatever the flags left out, as the 003 seed's calculator does")
     add_gpu_arguments(p)
+    from .measure import add_split_arguments
+    add_split_arguments(p)
+
+
+def split_text(spec, workload, budget: dict[int, int], strategy: str, unit: str) -> tuple[str, dict]:
+    """memcal's formula per GPU of accelerate's device map (estimator/devices.py): text and JSON."""
+    from pathlib import Path
+
+    from estimator.devices import STRATEGIES, device_map, split_estimate
+    from estimator.format import human, table
+    if strategy not in STRATEGIES and Path(strategy).is_file():  # a map by hand: {module: GPU}
+        dmap = {str(k): int(v) for k, v in json.loads(Path(strategy).read_text()).items()}
+    else:
+        dmap = device_map(spec, workload, budget, strategy)
+    shares = split_estimate(spec, workload, dmap, len(budget))
+    rows = [[str(s.device), human(s.weights_bytes, unit), human(s.kv_cache_bytes, unit),
+             human(s.activation_bytes, unit), human(s.total_bytes, unit), human(budget[s.device], unit), s.where]
+            for s in shares]
+    layers = {}
+    from estimator.devices import layer_devices
+    for i, d in enumerate(layer_devices(spec, dmap)):
+        layers.setdefault(d, []).append(i)
+    spans = ", ".join(f"GPU {d}: layers {v[0]}-{v[-1]}" for d, v in sorted(layers.items()))
+    text = "\n".join([f"per GPU ({unit}; memcal's formula; {strategy} device map over {len(budget)} GPUs: {spans})",
+                      table(rows, ["GPU", "weights", "KV cache", "activations", "total", "budget", "peak set by"],
+                            "lrrrrrl")])
+    return text, {"device_map": dmap, "devices": [s.to_dict() for s in shares],
+                  "max_memory_bytes": {str(k): v for k, v in budget.items()}}
 
 
 def _params(text) -> int | None:
@@ -122,8 +150,14 @@ def run(args: argparse.Namespace) -> int:
         why = result.refusals.get("memcal")
         raise MemcalError(f"--gpu prices memcal's formula, which cannot answer here: {why}" if why else
                           "--gpu prices memcal's formula: include --formula memcal")
+    split = None
+    if getattr(args, "gpus", None):
+        from .measure import split_budget
+        split = split_text(result.spec, result.workload, split_budget(args), args.device_map, args.unit)
     if args.json:
         out = result.to_dict()
+        if split is not None:
+            out["per_gpu"] = split[1]
         if totals is not None:
             out["cuda"] = totals.to_dict()
             out["cuda"]["gpu_profile"] = profile_dict(gpu)
@@ -138,4 +172,6 @@ def run(args: argparse.Namespace) -> int:
         print(estimate_text(result, unit=args.unit))
         if totals is not None:
             print("\n" + cuda_text(totals, args.unit, gpu))
+        if split is not None:
+            print("\n" + split[0])
     return 0

@@ -24,7 +24,7 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="cpu (real tensors), dry-run (fake tensors: nothing allocated), cuda, mps")
     add_workload_arguments(p)
     p.add_argument("--memory-cap", default=None, metavar="SIZE",
-                   help="raise an OOM when live tensor bytes pass SIZE (e.g. 24GiB): cpu and dry-run")
+                   help="raise an OOM when live tensor bytes pass SIZE (e.g. 24GiB): cpu, dry-run (per GPU: --gpus)")
     p.add_argument("--load-weights", action="store_true",
                    help="load the real weights of MODEL, a local folder with *.safetensors (else random weights)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
@@ -33,6 +33,30 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="display unit (default GiB, MiB or KiB for peaks under 1 GiB or 1 MiB)")
     p.add_argument("--json", action="store_true", help="print the record as JSON (all sizes in bytes)")
     add_gpu_arguments(p)
+    add_split_arguments(p)
+
+
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """--gpus, --device-map, --max-memory: a model split over GPUs (issue 18); --gpu (add_gpu_arguments) names
+    the GPU whose free memory is each one's budget (default H100-80GB)."""
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="split the model over N GPUs with accelerate's device map (a peak per device)")
+    p.add_argument("--device-map", default="auto", metavar="STRATEGY",
+                   help="auto, balanced, sequential (as from_pretrained's device_map) or a JSON file {module: GPU}")
+    p.add_argument("--max-memory", default=None, metavar="BUDGET",
+                   help="budget per GPU, as from_pretrained's max_memory: 0=70GiB,1=70GiB (or one size for all)")
+
+
+def split_budget(args: argparse.Namespace) -> dict[int, int] | None:
+    """{GPU index: bytes} for --gpus N: --max-memory, else the --gpu profile's free memory on an idle GPU."""
+    if not getattr(args, "gpus", None):
+        return None
+    from estimator.cuda.gpus import get_gpu
+    from estimator.devices import parse_max_memory
+    budget = parse_max_memory(args.max_memory, args.gpus)
+    if budget is None:
+        budget = dict.fromkeys(range(args.gpus), get_gpu(args.gpu or "H100-80GB").allocator_capacity_bytes)
+    return budget
 
 
 def _cap(text: str | None) -> int | None:
@@ -69,25 +93,46 @@ def _cuda_formula(est, gpu, env: dict | None, since: str, bnb_legacy: bool = Fal
 
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
                     load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False,
-                    gpu=None, cuda_env: dict | None = None, since: str = "load", bnb_legacy: bool = False):
+                    gpu=None, cuda_env: dict | None = None, since: str = "load", bnb_legacy: bool = False,
+                    gpus: int | None = None, device_map: str = "auto", max_memory: dict[int, int] | None = None):
     """The verb as a plain function: (record, estimate, CUDA totals of memcal's formula or None).
 
     ``gpu`` (dry-run: the CUDA target; cuda: the profile to compare with). ``since``: the formula's
-    peak since process start or since loading; a measurement resets peaks after loading: "load"."""
-    from harness.measure import measure
+    peak since process start or since loading; a measurement resets peaks after loading: "load".
+    ``gpus``: the model split over that many GPUs by accelerate's device map (``gpu`` is then their kind)."""
+    from harness.measure import device_placement, measure
     from memcal.commands._spec import resolve
     spec = resolve(model)
+    placement = None
+    if gpus:
+        placement = device_placement(spec, workload, gpus=gpus, strategy=device_map, max_memory=max_memory)
     weights_path = None
     if load_weights:
         from pathlib import Path
         if not Path(model).expanduser().is_dir():
             raise MemcalError(f"--load-weights needs MODEL to be a local model folder, got {model!r}")
         weights_path = str(Path(model).expanduser())
-    target = gpu if device == "dry-run" else None
+    target = gpu if device == "dry-run" and not gpus else None  # split over GPUs: --gpu is their kind
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
-                     trust_remote_code=trust_remote_code, isolate=isolate, gpu=target, cuda_env=cuda_env)
+                     trust_remote_code=trust_remote_code, isolate=isolate, gpu=target, cuda_env=cuda_env,
+                     placement=placement)
     est = _estimate(spec, workload, "cuda" if gpu is not None else None)
     return record, est, _cuda_formula(est, gpu, cuda_env, since, bnb_legacy)
+
+
+def _shares(record, model: str):
+    """memcal's formula per device for the record's device map (None when not split, or not estimable)."""
+    if not record.placement or not record.ok:
+        return None
+    try:
+        from estimator.devices import split_estimate
+        from estimator.spec import load_spec
+        from estimator.workload import Workload
+        spec = load_spec(model)
+        return split_estimate(spec, Workload(**record.workload), dict(record.placement["device_map"]),
+                              record.placement["gpus"])
+    except (MemcalError, KeyError, TypeError):
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,9 +146,14 @@ def run(args: argparse.Namespace) -> int:
                                         load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
                                         isolate=args.isolate, gpu=gpu, cuda_env=cuda_env(args),
                                         since="load",  # a measurement resets peaks after loading
-                                        bnb_legacy=args.bnb_legacy)
+                                        bnb_legacy=args.bnb_legacy, gpus=args.gpus, device_map=args.device_map,
+                                        max_memory=split_budget(args))
+    shares = _shares(record, args.model)
     if args.json:
-        print(json.dumps(measurement_json(record, est, cuda), indent=2))
+        out = measurement_json(record, est, None if args.gpus else cuda)
+        if shares is not None:
+            out["memcal_per_device"] = [s.to_dict() for s in shares]
+        print(json.dumps(out, indent=2))
     else:
-        print(measurement_text(record, est, unit=args.unit, cuda=cuda))
+        print(measurement_text(record, est, unit=args.unit, cuda=None if args.gpus else cuda, device_shares=shares))
     return 0 if record.ok else 1

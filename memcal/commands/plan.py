@@ -21,6 +21,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", default=None, metavar="SIZE",
                    help="memory to fit in, e.g. 24GiB or 80GB (with --gpu: default the GPU's usable memory x "
                         "--utilization)")
+    p.add_argument("--max-gpus", type=int, default=None, metavar="N",
+                   help="with --gpu: the fewest GPUs of that kind (up to N) that fit, accelerate's device map")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="with --gpu: plan for exactly N GPUs (the largest batch or prompt there)")
     add_workload_arguments(p)
     p.add_argument("--formula", default="memcal",
                    help=f"the formula to plan with (default memcal): {', '.join(FORMULAS)}")
@@ -42,16 +46,41 @@ def _workload_fields(args: argparse.Namespace) -> dict:
     return fields
 
 
+def run_gpus(args: argparse.Namespace) -> int:
+    """--gpu: the fewest GPUs of a kind that fit (harness.analysis.plan_gpus), verified on the per-device dry run."""
+    from harness.analysis import gpu_plan_text, plan_gpus, verify_gpus
+    result = plan_gpus(args.model, args.gpu, max_gpus=args.max_gpus, batch=args.batch, seq=args.seq, gpus=args.gpus,
+                       **_workload_fields(args))
+    check = verify_gpus(result) if args.verify else None
+    if args.json:
+        out = result.to_dict()
+        if check is not None:
+            out["verification"] = {"planned": check.planned.to_dict() if check.planned else None,
+                                   "next": check.next.to_dict() if check.next else None,
+                                   "fewer": check.fewer.to_dict() if check.fewer else None,
+                                   "fewer_reason": check.fewer_reason, "confirmed": check.confirmed}
+        print(json.dumps(out, indent=2))
+    else:
+        print(gpu_plan_text(result, check, unit=args.unit))
+    return 0 if result.fits and (check is None or check.confirmed) else 1
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.analysis import plan, plan_text, verify
     gpu = gpu_from_args(args)
+    if args.max_gpus is not None or args.gpus is not None:
+        if gpu is None:
+            raise MemcalError("--max-gpus and --gpus plan over several GPUs: name their kind with --gpu NAME")
+        if args.max_gpus is None:
+            args.max_gpus = 8
+        return run_gpus(args)
     if not 0 < args.utilization <= 1:
         raise MemcalError(f"--utilization must be in (0, 1], got {args.utilization}")
     if gpu is not None and args.verify:
         raise MemcalError("--verify checks the tensor level under a cap on the dry run; with --gpu the plan is "
                           "against the device total: check it with `memcal measure --device dry-run --gpu`")
     if args.memory is None and gpu is None:
-        raise MemcalError("say how much memory: --memory SIZE, or --gpu NAME")
+        raise MemcalError("say how much memory: --memory SIZE, or --gpu NAME (one GPU; --max-gpus N: several)")
     try:
         memory = parse_size(args.memory) if args.memory else int(gpu.usable_bytes * args.utilization)
     except ValueError as exc:

@@ -18,11 +18,17 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds per point (default: the experiment's)")
     p.add_argument("--check", action="store_true", help="validate the experiment, print its size, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="local GPUs to measure on at once, e.g. 0,1,2,3: one worker per GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the groups as tasks on a Ray cluster (e.g. auto, ray://host:10001, local); "
+                        "needs the extra memcal[ray]")
 
 
 def sweep(experiment: str, *, device: str | None = None, shard: str | None = None, out: str | None = None,
           machine: str | None = None, isolate: bool = False, timeout: float | None = None,
-          progress: bool = True, worker_env: dict | None = None):
+          progress: bool = True, worker_env: dict | None = None, gpus: str | None = None,
+          ray: str | None = None):
     """Load, plan and run a sweep; returns its `SweepSummary` (tests call this directly)."""
     from harness.sweep import default_machine, default_out, load_experiment, parse_shard, run_sweep
     exp = load_experiment(experiment)
@@ -34,8 +40,11 @@ def sweep(experiment: str, *, device: str | None = None, shard: str | None = Non
     path = Path(out) if out else default_out(exp, machine, where, overridden)
     if timeout is not None and timeout <= 0:
         raise MemcalError(f"--timeout must be positive, got {timeout:g}")
+    lanes = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    if lanes and ray:
+        raise MemcalError("--gpus and --ray: choose one (a Ray task asks its cluster for one GPU each)")
     return run_sweep(exp, out=path, shard=where, isolate=isolate, timeout_s=timeout, machine=machine,
-                     progress=progress, worker_env=worker_env)
+                     progress=progress, worker_env=worker_env, gpus=lanes, ray_address=ray)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
               f"{len(exp.models)} models, fingerprint {exp.fingerprint}")
         return 0
     summary = sweep(args.experiment, device=args.device, shard=args.shard, out=args.out, machine=args.machine,
-                    isolate=args.isolate, timeout=args.timeout, progress=not args.quiet)
+                    isolate=args.isolate, timeout=args.timeout, progress=not args.quiet, gpus=args.gpus,
+                    ray=args.ray)
     if not args.quiet:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing new"
         rate = f", {summary.points_per_minute:.0f} points/min" if summary.written else ""

@@ -1,0 +1,210 @@
+"""Multi-GPU capacity plans (issue 18): the fewest GPUs that fit a workload, and how big it may get there.
+
+`plan_gpus(model, gpu, max_gpus=8, batch=B, seq=S)` tries 1, 2, … GPUs of one kind: for each count,
+accelerate's device map (estimator/devices.py, the algorithm ``from_pretrained(device_map="auto")``
+runs) and memcal's formula per device; the answer is the first count where every device's predicted
+peak fits the GPU's allocator capacity. With only one of --batch / --seq given, the other axis is
+then pushed as far as that count allows (doubling, then bisection).
+
+accelerate's map looks at the weights and ``max_memory`` only: it leaves the KV cache and the
+activations to chance. When the default budget (the whole GPU) gives a map whose busiest device does
+not fit, the plan lowers ``max_memory`` by what that device needs beyond its weights and maps again
+(a few rounds), as one does by hand; the plan says which ``max_memory`` to pass. Bigger batches mean
+a different map only through that budget.
+
+`verify_gpus(plan)` runs the per-device dry run (`harness.measure`, imported when called) at the
+planned point (every device within capacity) and one step further (one more batch or token: some
+device over); one GPU fewer is refused by the same arithmetic the plan used (its weights or its
+predicted peaks), and is checked on the dry run too when a map for it exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from estimator.cuda.gpus import get_gpu
+from estimator.devices import DeviceShare, device_map, split_estimate
+from estimator.errors import MemcalError
+from estimator.spec import ModelSpec, load_spec
+from estimator.workload import Workload
+
+__all__ = ["GpuPlan", "GpuVerification", "plan_gpus", "verify_gpus", "gpu_plan_text"]
+
+_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """The fewest GPUs (``gpus``, None: none up to max_gpus fits) and the planned point there."""
+
+    spec: ModelSpec
+    gpu: str
+    capacity_bytes: int
+    gpus: int | None
+    workload: Workload
+    max_memory: dict[int, int] = field(default_factory=dict)
+    device_map: dict = field(default_factory=dict)
+    shares: tuple[DeviceShare, ...] = ()
+    axis: str | None = None             # "batch" or "seq" when the other axis was pushed
+    next_workload: Workload | None = None
+    fewer: str = ""                     # why one GPU fewer does not fit
+
+    @property
+    def fits(self) -> bool:
+        return self.gpus is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.spec.name, "gpu": self.gpu, "capacity_bytes": self.capacity_bytes, "gpus": self.gpus,
+                "workload": {k: getattr(self.workload, k) for k in ("batch", "prompt_len", "new_tokens", "phase")},
+                "max_memory_bytes": {str(k): v for k, v in self.max_memory.items()},
+                "device_map": self.device_map, "devices": [s.to_dict() for s in self.shares],
+                "axis": self.axis, "fewer": self.fewer}
+
+
+def _fit(spec: ModelSpec, w: Workload, n: int, capacity: int):
+    """(fits, budget, map, shares, reason) for n GPUs: the map for the whole GPU first, then lower budgets."""
+    budget = dict.fromkeys(range(n), capacity)
+    reason = ""
+    for _ in range(_ROUNDS):
+        try:
+            dmap = device_map(spec, w, budget, "auto")
+        except MemcalError as exc:
+            return False, budget, {}, (), reason or str(exc)
+        shares = split_estimate(spec, w, dmap, n)
+        worst = max(shares, key=lambda s: s.total_bytes - capacity)
+        if worst.total_bytes <= capacity:
+            return True, budget, dmap, tuple(shares), ""
+        reason = f"GPU {worst.device} would need {worst.total_bytes:,} bytes"
+        extra = max(s.kv_cache_bytes + s.activation_bytes for s in shares)
+        lower = dict.fromkeys(range(n), capacity - extra)
+        if lower == budget or capacity - extra <= 0:
+            break
+        budget = lower
+    return False, budget, {}, (), reason
+
+
+def plan_gpus(model: Any, gpu: str, *, max_gpus: int = 8, batch: int | None = None, seq: int | None = None,
+              gpus: int | None = None, max_batch: int = 1 << 16, **fields: Any) -> GpuPlan:
+    """See the module doc. ``gpus``: plan for that many GPUs only (the largest batch or prompt there).
+    ``fields``: the rest of the workload (dtype, phase, new_tokens, attention…)."""
+    if gpus is not None and gpus < 1 or max_gpus < 1:
+        raise MemcalError("the number of GPUs must be at least 1")
+    spec = load_spec(model)
+    profile = get_gpu(gpu)
+    capacity = profile.allocator_capacity_bytes
+    axis = "batch" if batch is None and seq is not None else "seq" if seq is None and batch is not None else None
+    base = Workload(batch=batch or 1, prompt_len=seq or (1 if axis == "seq" else 512), **fields)
+    fewer = ""
+    for n in ([gpus] if gpus else range(1, max_gpus + 1)):
+        ok, budget, dmap, shares, reason = _fit(spec, base, n, capacity)
+        if not ok:
+            fewer = f"{n} GPU(s): {reason}"
+            continue
+        w, nxt = base, None
+        if axis is not None:
+            w, shares, budget, dmap, nxt = _push(spec, base, n, capacity, axis, max_batch, (budget, dmap, shares))
+        return GpuPlan(spec, profile.name, capacity, n, w, budget, dmap, shares, axis, nxt, fewer)
+    return GpuPlan(spec, profile.name, capacity, None, base, fewer=fewer)
+
+
+def _at(w: Workload, axis: str, value: int) -> Workload:
+    return w.with_(batch=value) if axis == "batch" else w.with_(prompt_len=value)
+
+
+def _push(spec, base, n, capacity, axis, max_batch, first):
+    limit = max_batch if axis == "batch" else (spec.max_position_embeddings or 1 << 24) - base.new_tokens
+    cache = {1: first}
+
+    def fits(v):
+        if v not in cache:
+            ok, budget, dmap, shares, _ = _fit(spec, _at(base, axis, v), n, capacity)
+            cache[v] = (budget, dmap, shares) if ok else None
+        return cache[v] is not None
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    budget, dmap, shares = cache[lo]
+    nxt = _at(base, axis, lo + 1) if lo < limit else None
+    return _at(base, axis, lo), shares, budget, dmap, nxt
+
+
+@dataclass(frozen=True)
+class GpuVerification:
+    """The per-device dry run at the planned point and one step further (Measurements)."""
+
+    planned: Any
+    next: Any
+    capacity_bytes: int
+    fewer: Any = None                 # one GPU fewer on the dry run, where a map for it exists
+    fewer_reason: str = ""            # else why not: its weights do not fit
+
+    def over(self, record) -> list[int]:
+        return [d["device"] for d in record.devices if d["peak_tensor_bytes"] > self.capacity_bytes]
+
+    @property
+    def confirmed(self) -> bool:
+        planned_ok = self.planned is not None and self.planned.ok and not self.over(self.planned)
+        next_fails = self.next is None or not self.next.ok or bool(self.over(self.next))
+        fewer_fails = self.fewer is None or not self.fewer.ok or bool(self.over(self.fewer))
+        return planned_ok and next_fails and fewer_fails
+
+
+def verify_gpus(p: GpuPlan) -> GpuVerification:
+    """The planned point and the next step on the per-device dry run (imports harness.measure)."""
+    from harness.measure import device_placement, measure
+    if not p.fits:
+        return GpuVerification(None, None, p.capacity_bytes)
+
+    def run(w, n=p.gpus, budget=p.max_memory):
+        placement = device_placement(p.spec, w, gpus=n, strategy="auto", max_memory=budget)
+        return measure(p.spec, w, device="dry-run", placement=placement)
+    fewer, reason = None, ""
+    if p.gpus > 1:
+        budget = dict.fromkeys(range(p.gpus - 1), p.capacity_bytes)
+        try:
+            device_map(p.spec, p.workload, budget, "auto")
+            fewer = run(p.workload, p.gpus - 1, budget)
+        except MemcalError as exc:
+            reason = str(exc)
+    return GpuVerification(run(p.workload), run(p.next_workload) if p.next_workload else None, p.capacity_bytes,
+                           fewer, reason)
+
+
+def gpu_plan_text(p: GpuPlan, check: GpuVerification | None = None, unit: str = "GiB") -> str:
+    from estimator.format import human, table
+    lines = [f"model     {p.spec.describe()}",
+             f"GPU       {p.gpu}: {human(p.capacity_bytes, unit)} {unit} for tensors (free memory of an idle GPU)"]
+    if not p.fits:
+        lines.append(f"answer    no count up to the maximum fits ({p.fewer})")
+        return "\n".join(lines)
+    what = {"batch": f", batch {p.workload.batch} the largest there",
+            "seq": f", prompt {p.workload.prompt_len} the longest there"}.get(p.axis or "", "")
+    lines.append(f"answer    {p.gpus} GPU(s){what}; workload {p.workload.describe()}")
+    budget = sorted(set(p.max_memory.values()))
+    if budget != [p.capacity_bytes]:
+        lines.append(f"max_memory {', '.join(f'{k}={v}' for k, v in p.max_memory.items())} (bytes): accelerate's map "
+                     "counts weights only; this budget leaves each GPU room for its KV cache and activations")
+    if p.fewer:
+        lines.append(f"fewer     {p.fewer}")
+    rows = [[str(s.device), human(s.weights_bytes, unit), human(s.kv_cache_bytes, unit),
+             human(s.activation_bytes, unit), human(s.total_bytes, unit), human(p.capacity_bytes - s.total_bytes, unit)]
+            for s in p.shares]
+    lines += ["", table(rows, ["GPU", "weights", "KV cache", "activations", "total", "free"], "lrrrrr")]
+    if check is not None:
+        if check.fewer_reason:
+            lines.append(f"dry run   one GPU fewer: not run: {check.fewer_reason}")
+        for label, record in (("planned point", check.planned), ("next step", check.next),
+                              ("one GPU fewer", check.fewer)):
+            if record is None:
+                continue
+            peaks = ", ".join(human(d["peak_tensor_bytes"], unit) for d in record.devices) if record.ok \
+                else record.status
+            lines.append(f"dry run   {label}: peaks {peaks} {unit}" + (f"; over on GPU {check.over(record)}"
+                                                                     if record.ok and check.over(record) else ""))
+        lines.append("verdict   " + ("confirmed on the per-device dry run" if check.confirmed
+                                     else "NOT confirmed: the dry run disagrees"))
+    return "\n".join(lines)

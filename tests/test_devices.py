@@ -1,0 +1,170 @@
+"""A model split over several GPUs (issue 18): accelerate's device map, per-device dry run, memcal per device.
+
+The map is checked against transformers' own (`_get_device_map` on the meta model, what
+``from_pretrained(device_map=...)`` runs); the dry run's per-device weights and KV against the pure
+arithmetic of estimator/devices.py; the boundary copy of the logits exactly.
+"""
+import json
+
+import pytest
+
+from estimator import devices as D
+from estimator.formulas.memcal import weight_bytes
+from estimator.spec import load_spec
+from estimator.units import GiB
+from estimator.workload import Workload
+from harness import Measurement
+
+torch = pytest.importorskip("torch")
+from harness.measure import device_placement, measure  # noqa: E402
+
+CONFIGS = "experiments/configs"
+
+
+@pytest.mark.parametrize("name,attention", [("tiny-llama", "sdpa"), ("tiny-gemma2", "eager"),
+                                            ("tiny-mixtral", "sdpa"), ("tiny-qwen2", "sdpa")])
+@pytest.mark.parametrize("gpus", [2, 4])
+@pytest.mark.parametrize("strategy", ["auto", "sequential"])
+def test_map_equals_transformers(name, attention, gpus, strategy):
+    spec = load_spec(f"{CONFIGS}/{name}.json")
+    w = Workload(batch=1, prompt_len=16, dtype="bf16", attention=attention)
+    tree, _ = D.module_tree(spec, w)
+    total = D._sizes(tree)[0][""]
+    budget = {i: total // gpus + total // 2 for i in range(gpus)}
+    placement = device_placement(spec, w, gpus=gpus, strategy=strategy, max_memory=budget)
+    assert D.device_map(spec, w, budget, strategy) == dict(placement.device_map)
+
+
+def test_llama3_70b_on_two_devices():
+    """Done-when of issue 18: two peaks whose weights add up to the single-device weights exactly, the map
+    equal to accelerate's, per-device weights and KV exact, the logits' boundary copy exact."""
+    spec = load_spec("meta-llama/Meta-Llama-3-70B")
+    w = Workload(batch=1, prompt_len=256, dtype="bf16")
+    budget = {0: 80 * GiB, 1: 80 * GiB}
+    placement = device_placement(spec, w, gpus=2, strategy="auto", max_memory=budget)
+    dmap = D.device_map(spec, w, budget, "auto")
+    assert dmap == dict(placement.device_map)
+    assert D.layer_devices(spec, dmap) == [0] * 40 + [1] * 40
+    record = measure(spec, w, device="dry-run", placement=placement)
+    assert record.ok, record.message
+    weights = [d["weights_bytes"] for d in record.devices]
+    assert sum(weights) == record.weights_bytes == weight_bytes(spec, w)
+    assert weights == D.weights_by_device(spec, w, dmap, 2)
+    kv = [d["kv_cache_bytes"] for d in record.devices]
+    assert kv == D.kv_by_device(spec, w, D.layer_devices(spec, dmap), 2) and sum(kv) == record.kv_cache_bytes
+    # the logits go back to the inputs' device (accelerate's io_same_device): device 0's peak is that copy
+    first = record.devices[0]
+    logits = w.batch * w.prompt_len * spec.vocab_size * 2
+    assert first["peak_op"] == "clone"
+    assert first["peak_tensor_bytes"] == first["baseline_bytes"] + first["kv_cache_bytes"] + logits
+    shares = D.split_estimate(spec, w, dmap, 2)
+    for d, share in zip(record.devices, shares):
+        assert abs(share.total_bytes - d["peak_tensor_bytes"]) / d["peak_tensor_bytes"] < 0.005
+
+
+def test_boundary_copy_of_hidden_states(tmp_path):
+    """A map that splits between the two layers of a tiny llama: the second device gets the hidden
+    states (b x s x hidden) copied in, the rotary tables stay on the device of the rotary module."""
+    spec = load_spec(f"{CONFIGS}/tiny-llama.json")
+    w = Workload(batch=2, prompt_len=32, dtype="fp32")
+    mapping = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1,
+               "model.rotary_emb": 0, "lm_head": 1}
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(mapping))
+    placement = device_placement(spec, w, gpus=2, strategy=str(path), max_memory={0: GiB, 1: GiB})
+    record = measure(spec, w, device="dry-run", placement=placement, keep_trace=False)
+    assert record.ok, record.message
+    kv = D.kv_by_device(spec, w, D.layer_devices(spec, mapping), 2)
+    assert [d["kv_cache_bytes"] for d in record.devices] == kv == [kv[0], kv[0]]
+    assert [d["weights_bytes"] for d in record.devices] == D.weights_by_device(spec, w, mapping, 2)
+    # memcal prices the copies explicitly (the hidden states into GPU 1, the rotary tables from GPU 0 into
+    # layer 1, the logits back to GPU 0): equal to the byte
+    shares = D.split_estimate(spec, w, mapping, 2)
+    assert [s.total_bytes for s in shares] == [d["peak_tensor_bytes"] for d in record.devices]
+    hidden = w.batch * w.prompt_len * spec.hidden_size * 4
+    assert record.devices[1]["peak_tensor_bytes"] > record.devices[1]["baseline_bytes"] + hidden
+
+
+def test_record_without_devices_reads_as_before():
+    old = {"model": "m", "family": "llama", "device": "dry-run", "workload": {}, "status": "ok",
+           "peak_tensor_bytes": 10, "schema_version": 1}
+    record = Measurement.from_dict(old)
+    assert record.devices == () and dict(record.placement) == {}
+    split = Measurement.from_dict({**old, "devices": [{"device": 0, "weights_bytes": 4, "peak_tensor_bytes": 10}],
+                                   "placement": {"gpus": 1}})
+    assert Measurement.from_dict(split.to_dict()) == split
+    with pytest.raises(ValueError):
+        Measurement.from_dict({**old, "devices": [{"device": 0, "weights_bytes": -1}]})
+
+
+def test_parse_max_memory():
+    assert D.parse_max_memory("0=70GiB,1=70GiB", 2) == {0: 70 * GiB, 1: 70 * GiB}
+    assert D.parse_max_memory("10GiB", 3) == {0: 10 * GiB, 1: 10 * GiB, 2: 10 * GiB}
+    with pytest.raises(Exception):
+        D.parse_max_memory("0=70GiB", 2)
+
+
+def test_estimate_prints_a_row_per_gpu(capsys):
+    from memcal.cli import main
+    assert main(["estimate", "meta-llama/Meta-Llama-3-70B", "--gpus", "2", "--formula", "memcal", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    per = out["per_gpu"]["devices"]
+    assert [d["device"] for d in per] == [0, 1]
+    assert sum(d["weights_bytes"] for d in per) == out["formulas"]["memcal"]["weights_bytes"]
+    assert main(["estimate", "meta-llama/Meta-Llama-3-70B", "--gpus", "2", "--max-memory", "0=70GiB,1=75GiB"]) == 0
+    assert "per GPU" in capsys.readouterr().out
+
+
+def test_plan_fewest_gpus_then_largest_batch():
+    from harness.analysis import plan_gpus
+    p = plan_gpus("meta-llama/Meta-Llama-3-8B", "T4", max_gpus=4, seq=1024)
+    assert p.gpus == 2 and "1 GPU" in p.fewer  # bf16 weights alone pass one T4
+    assert all(s.total_bytes <= p.capacity_bytes for s in p.shares)
+    nxt = D.split_estimate(p.spec, p.next_workload, p.device_map, 2)
+    assert any(s.total_bytes > p.capacity_bytes for s in nxt)
+
+
+@pytest.mark.slow
+def test_plan_is_confirmed_on_the_per_device_dry_run():
+    from harness.analysis import plan_gpus, verify_gpus
+    p = plan_gpus("meta-llama/Meta-Llama-3-8B", "T4", max_gpus=4, seq=1024)
+    check = verify_gpus(p)
+    assert check.confirmed, (check.planned.devices, check.next.devices)
+
+
+def test_measure_cli_prints_a_peak_per_gpu(capsys):
+    from memcal.cli import main
+    args = ["measure", f"{CONFIGS}/tiny-llama.json", "--device", "dry-run", "--gpus", "2", "--seq", "64",
+            "--max-memory", "0=600KiB,1=10MiB"]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [d["device"] for d in out["devices"]] == [0, 1] and out["placement"]["strategy"] == "auto"
+    assert sum(d["weights_bytes"] for d in out["devices"]) == out["weights_bytes"]
+    assert [d["total_bytes"] for d in out["memcal_per_device"]] == [d["peak_tensor_bytes"] for d in out["devices"]]
+    assert main(args) == 0
+    assert "per GPU" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_one_gpu_fewer_is_refused_on_the_dry_run():
+    """The weights fit one L4 but batch 8 at 4096 tokens does not: the plan takes 2, the dry run agrees."""
+    from harness.analysis import plan_gpus, verify_gpus
+    p = plan_gpus("meta-llama/Meta-Llama-3-8B", "L4", max_gpus=4, batch=8, seq=4096)
+    assert p.gpus == 2
+    check = verify_gpus(p)
+    assert check.fewer is not None and check.over(check.fewer) and check.confirmed
+
+
+def test_memory_cap_is_per_gpu_on_a_split_model():
+    spec = load_spec(f"{CONFIGS}/tiny-llama.json")
+    w = Workload(batch=2, prompt_len=64, dtype="bf16")
+    tree, _ = D.module_tree(spec, w)
+    total = D._sizes(tree)[0][""]
+    budget = {0: total // 2 + total // 4, 1: total}
+    placement = device_placement(spec, w, gpus=2, strategy="sequential", max_memory=budget)
+    free = measure(spec, w, device="dry-run", placement=placement)
+    highest = max(d["peak_tensor_bytes"] for d in free.devices)
+    assert free.peak_tensor_bytes > highest  # the total is over both GPUs; the cap is per GPU
+    assert measure(spec, w, device="dry-run", placement=placement, memory_cap=highest).ok
+    capped = measure(spec, w, device="dry-run", placement=placement, memory_cap=highest - 1)
+    assert capped.status == "oom" and "per GPU" in capped.message
