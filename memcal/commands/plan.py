@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise MemcalError(str(exc)) from None
     extra = dict(gpu=gpu, cuda_env=cuda_env(args), since=args.since, bnb_legacy=args.bnb_legacy) \
         if gpu is not None else {}
-    result = plan(args.model, memory, batch=args.batch, seq=args.seq, formula=args.formula,
+    from memcal.commands._spec import resolve
+    result = plan(resolve(args.model), memory, batch=args.batch, seq=args.seq, formula=args.formula,
                   calibration=args.calibration, **extra, **_workload_fields(args))
     check = verify(result) if args.verify else None
     if args.json:
