@@ -85,6 +85,11 @@ class DryRunMode(FakeTensorMode):
         finally:
             self._tracker = None
 
+    @property
+    def tracker(self):
+        """The attached StorageTracker, or None."""
+        return self._tracker
+
     # --- the values known from shapes (harness/measure/_values.py) -------------------------------------------
     @contextlib.contextmanager
     def follow(self, values):

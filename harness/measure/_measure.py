@@ -25,6 +25,7 @@ from .._common import one_line
 from .._record import Measurement
 from . import _env as env_mod
 from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
+from ._decode import DecodeMismatch
 from ._isolate import call_in_fresh_process
 from ._phases import cache_bytes, make_inputs, run_phase
 from ._probes import CudaProbe, Probe, get_probe
@@ -44,12 +45,14 @@ def record_status(spec: ModelSpec, workload: Workload, device: str, status: str,
 
 def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: int | None = None,
             weights_path: str | None = None, trust_remote_code: bool = False, isolate: bool = False,
-            keep_trace: bool = False) -> Measurement:
-    """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps)."""
+            keep_trace: bool = False, extrapolate: bool = True) -> Measurement:
+    """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps). ``extrapolate``:
+    see `run_point`."""
     spec = load_spec(model)
     if isolate:
         return _measure_isolated(spec, workload, device=device, memory_cap=memory_cap,
-                                 weights_path=weights_path, trust_remote_code=trust_remote_code)
+                                 weights_path=weights_path, trust_remote_code=trust_remote_code,
+                                 extrapolate=extrapolate)
     probe = get_probe(device)
     reason = probe.unavailable() or unsupported_reason(spec, workload, device)
     if reason:
@@ -62,7 +65,8 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
         settle(probe)
         return record_status(spec, workload, device, *build_failure(exc))
     try:
-        return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace)
+        return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace,
+                         extrapolate=extrapolate)
     finally:
         del built
         settle(probe)
@@ -93,10 +97,12 @@ def _measure_isolated(spec: ModelSpec, workload: Workload, **kwargs: Any) -> Mea
 
 
 def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None = None, probe: Probe | None = None,
-              keep_trace: bool = False, tracker_out: list | None = None) -> Measurement:
+              keep_trace: bool = False, tracker_out: list | None = None, extrapolate: bool = True) -> Measurement:
     """Run one workload on an already built model, under the protocol; return its record.
 
     ``tracker_out``, if given, receives the StorageTracker (its trace, with ``keep_trace``).
+    ``extrapolate``: a dry-run generate computes its periodic decode steps in closed form
+    (harness/measure/_decode.py; the record's notes say so); False traces every step.
     """
     if not built.fits(workload):
         raise MemcalError(f"the built model runs {built.dtype}/{built.weights}/{built.attention}; "
@@ -110,30 +116,20 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         return record_status(spec, workload, device, "unsupported", reason)
     if isinstance(probe, CudaProbe):
         probe.warm_up(TORCH_DTYPES[workload.dtype])
-    tracker = StorageTracker(device_type=torch.device(built.torch_device).type, cap_bytes=memory_cap,
-                             keep_trace=keep_trace)
-    if tracker_out is not None:
-        tracker_out.append(tracker)
     common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
     input_ids = make_inputs(built, workload)
-    tracker.track(built.tensors(), "weights")
-    tracker.track([input_ids], "inputs")
-    if memory_cap is not None and tracker.live_bytes > memory_cap:
-        return record_status(spec, workload, device, "oom",
-                             f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
-                             f"({memory_cap:,} bytes)", baseline_bytes=tracker.live_bytes,
-                             peak_tensor_bytes=tracker.live_bytes, **common)
-    status, message, output = "ok", "", None
-    session = None
-    try:
-        with measuring(probe, tracker) as session:
-            output = run_phase(built, workload, input_ids)
-    except torch.OutOfMemoryError as exc:
-        status, message = "oom", one_line(exc)
-    except Exception as exc:  # failure is data
-        status, message = _classify(exc, built)
-    kv = cache_bytes(output.cache) if output is not None else None
     notes = list(built.notes)
+    run = _Run(built, workload, probe, memory_cap, keep_trace, tracker_out)
+    status, message, output, session = run(input_ids, extrapolate)
+    if status == "mismatch":  # the decode extrapolation disagreed with the trace: measure it in full
+        notes.append(f"dry-run generate: every decode step traced ({message})")
+        status, message, output, session = run(input_ids, False)
+    elif output is not None:
+        notes.extend(output.notes)
+    if status == "oom" and session is None:
+        return record_status(spec, workload, device, "oom", message, baseline_bytes=run.tracker.live_bytes,
+                             peak_tensor_bytes=run.tracker.live_bytes, **common)
+    kv = cache_bytes(output.cache) if output is not None else None
     if device == "dry-run" and spec.is_moe and status != "ok":
         notes.append("dry-run MoE: transformers' eager experts read routing counts; its grouped_mm path (the default) "
                      "does not")
@@ -148,6 +144,40 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         **{k: v for k, v in (session.peaks if session else {}).items()}, **common)
     del output, input_ids
     return record
+
+
+class _Run:
+    """One run of the point under the protocol, with a fresh tracker: (status, message, output, session);
+    status "mismatch" when the decode extrapolation raised DecodeMismatch (harness/measure/_decode.py)."""
+
+    def __init__(self, built: BuiltModel, workload: Workload, probe: Probe, memory_cap: int | None,
+                 keep_trace: bool, tracker_out: list | None) -> None:
+        self.built, self.workload, self.probe = built, workload, probe
+        self.memory_cap, self.keep_trace, self.tracker_out = memory_cap, keep_trace, tracker_out
+        self.tracker: StorageTracker | None = None
+
+    def __call__(self, input_ids: torch.Tensor, extrapolate: bool):
+        built, cap = self.built, self.memory_cap
+        tracker = self.tracker = StorageTracker(device_type=torch.device(built.torch_device).type, cap_bytes=cap,
+                                                keep_trace=self.keep_trace)
+        if self.tracker_out is not None:
+            self.tracker_out[:] = [tracker]
+        tracker.track(built.tensors(), "weights")
+        tracker.track([input_ids], "inputs")
+        if cap is not None and tracker.live_bytes > cap:
+            return "oom", (f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
+                           f"({cap:,} bytes)"), None, None
+        status, message, output, session = "ok", "", None, None
+        try:
+            with measuring(self.probe, tracker) as session:
+                output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate)
+        except DecodeMismatch as exc:
+            return "mismatch", one_line(exc), None, None
+        except torch.OutOfMemoryError as exc:
+            status, message = "oom", one_line(exc)
+        except Exception as exc:  # failure is data
+            status, message = _classify(exc, built)
+        return status, message, output, session
 
 
 def _classify(exc: Exception, built: BuiltModel) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from unittest import mock
 
 import torch
@@ -33,6 +33,7 @@ from estimator.errors import MemcalError
 from estimator.workload import Workload
 
 from ._build import BuiltModel
+from ._decode import DecodeExtrapolator
 from ._tracker import storages_bytes
 from ._values import KnownValues
 
@@ -49,6 +50,7 @@ class PhaseOutput:
 
     cache: Any
     output_len: int
+    notes: tuple[str, ...] = ()
 
 
 def _special_ids(model) -> set[int]:
@@ -122,8 +124,10 @@ class ScalarOracle(TorchDispatchMode):
         return out
 
 
-def _stop_check_patch(total_len: int):
-    """generate's stop check, answered from the token count; it allocates what the real one does."""
+def _stop_check_patch(total_len: int, step_end: Callable[[int], int] | None = None):
+    """generate's stop check, answered from the token count; it allocates what the real one does.
+    ``step_end(length)``, if given, is called at the end of every iteration of the decoding loop (the
+    decode extrapolation's hook, harness/measure/_decode.py) and returns the length after it."""
     from transformers.generation import utils as gen_utils
     if not hasattr(gen_utils, "StopCheck"):
         raise MemcalError("dry-run generate needs transformers' StopCheck (transformers >= 5.20)")
@@ -131,6 +135,8 @@ def _stop_check_patch(total_len: int):
     def stop(self, unfinished_sequences, tokens, length):
         flag = unfinished_sequences.max() == 0  # the real check's allocations, without reading them
         del flag
+        if step_end is not None:
+            length = step_end(length)
         return length >= total_len
     return mock.patch.object(gen_utils.StopCheck, "__call__", stop)
 
@@ -147,8 +153,8 @@ def _quiet_transformers():
         logger.setLevel(level)
 
 
-def dry_run_context(built: BuiltModel, workload: Workload,
-                    input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
+def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
+                    extrapolator: DecodeExtrapolator | None = None) -> contextlib.AbstractContextManager:
     """Entered inside the fake mode, for a dry run: the values known from shapes (harness/measure/_values.py)
     and, for generate, the stop check and the well-formed answers. A known value wins over an answer.
     The prompt is known as a well-formed one: no special token in it (the ids are one ordinary token,
@@ -159,7 +165,9 @@ def dry_run_context(built: BuiltModel, workload: Workload,
     if values is not None:
         stack.enter_context(follow(values))
     if built.fake_mode is not None and workload.phase == "generate":
-        stack.enter_context(_stop_check_patch(workload.total_len))
+        if extrapolator is not None:
+            stack.enter_context(extrapolator.watching())
+        stack.enter_context(_stop_check_patch(workload.total_len, extrapolator and extrapolator.step_end))
         stack.enter_context(ScalarOracle(values))
     return stack
 
@@ -176,8 +184,19 @@ class _CacheCatcher:
             self.cache = cache
 
 
-def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) -> PhaseOutput:
-    """Run the workload's phase; call inside the measurement protocol."""
+def _extrapolator(built: BuiltModel, workload: Workload) -> DecodeExtrapolator | None:
+    """The decode extrapolation of a dry-run generate, when the tracker rides in a DryRunMode."""
+    tracker = getattr(built.fake_mode, "tracker", None)
+    if tracker is None or workload.phase != "generate":
+        return None
+    return DecodeExtrapolator(tracker, built.model, workload.new_tokens, workload.prompt_len)
+
+
+def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
+              extrapolate: bool = True) -> PhaseOutput:
+    """Run the workload's phase; call inside the measurement protocol. A dry-run generate computes the
+    periodic decode steps in closed form unless ``extrapolate`` is False (harness/measure/_decode.py:
+    it raises `DecodeMismatch` when the run disagrees with its pattern; the caller then runs the full trace)."""
     model = built.model
     with torch.no_grad(), _quiet_transformers():
         if workload.phase == "prefill":
@@ -191,12 +210,14 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) ->
         model.__dict__.pop("_previous_max_cache_length", None)
         catcher = _CacheCatcher()
         handle = model.register_forward_pre_hook(catcher, with_kwargs=True)
+        extrapolator = _extrapolator(built, workload) if extrapolate else None
         try:
-            with dry_run_context(built, workload, input_ids):
+            with dry_run_context(built, workload, input_ids, extrapolator):
                 sequences = model.generate(
                     input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
                     do_sample=False, cache_implementation=workload.cache, num_beams=1,
                     use_cache=True)  # as the prefill: some config.json files keep a training-time use_cache=false
         finally:
             handle.remove()
-        return PhaseOutput(catcher.cache, sequences.shape[1])
+        notes = (extrapolator.note(),) if extrapolator is not None else ()
+        return PhaseOutput(catcher.cache, sequences.shape[1], notes)
