@@ -12,7 +12,9 @@ input (an unknown model, an impossible workload) raises MemcalError.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 from typing import Any
 
 import torch
@@ -57,19 +59,40 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
     reason = probe.unavailable() or unsupported_reason(spec, workload, device)
     if reason:
         return record_status(spec, workload, device, "unsupported", reason)
-    try:
-        built = build_model(spec, workload, device, weights_path=weights_path, trust_remote_code=trust_remote_code)
-    except MemcalError:
-        raise
-    except Exception as exc:  # failure is data: a sweep goes on
+    with _gc_frozen(collect=not probe.fake):
+        try:
+            built = build_model(spec, workload, device, weights_path=weights_path,
+                                trust_remote_code=trust_remote_code)
+        except MemcalError:
+            raise
+        except Exception as exc:  # failure is data: a sweep goes on
+            settle(probe)
+            return record_status(spec, workload, device, *build_failure(exc))
+        gc.freeze()  # the model too: the protocol's collections only look at the run's own objects
+        try:
+            record = run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace,
+                               extrapolate=extrapolate)
+        finally:
+            del built
+    # a real device's memory goes back now; fake tensors hold none: their cycles wait for the next collection
+    if not probe.fake:
         settle(probe)
-        return record_status(spec, workload, device, *build_failure(exc))
+    return record
+
+
+@contextlib.contextmanager
+def _gc_frozen(collect: bool):
+    """The collector frozen around a one-off measurement, as a sweep worker freezes it after building:
+    with transformers loaded a full collection costs ~0.2 s, and the protocol runs one before each
+    run. Objects that exist before the block are left out of the collections inside it; ``collect``
+    (real devices) collects them first, so that no garbage holding device memory is frozen."""
+    if collect:
+        gc.collect()
+    gc.freeze()
     try:
-        return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace,
-                         extrapolate=extrapolate)
+        yield
     finally:
-        del built
-        settle(probe)
+        gc.unfreeze()
 
 
 def build_failure(exc: Exception) -> tuple[str, str]:
@@ -102,7 +125,8 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
 
     ``tracker_out``, if given, receives the StorageTracker (its trace, with ``keep_trace``).
     ``extrapolate``: a dry-run generate computes its periodic decode steps in closed form
-    (harness/measure/_decode.py; the record's notes say so); False traces every step.
+    (harness/measure/_decode.py; the record's notes say so); False traces every step, and so does a
+    run that keeps its trace (``keep_trace``: every event, to compare with another run's).
     """
     if not built.fits(workload):
         raise MemcalError(f"the built model runs {built.dtype}/{built.weights}/{built.attention}; "
@@ -120,7 +144,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     input_ids = make_inputs(built, workload)
     notes = list(built.notes)
     run = _Run(built, workload, probe, memory_cap, keep_trace, tracker_out)
-    status, message, output, session = run(input_ids, extrapolate)
+    status, message, output, session = run(input_ids, extrapolate and not keep_trace)
     if status == "mismatch":  # the decode extrapolation disagreed with the trace: measure it in full
         notes.append(f"dry-run generate: every decode step traced ({message})")
         status, message, output, session = run(input_ids, False)

@@ -108,19 +108,31 @@ class ScalarOracle(TorchDispatchMode):
         self.answers: list[tuple[str, bool]] = []
         self.values = values
 
+    def answer(self, t) -> bool | None:
+        """The answer to a read of `t`, or None when it is not a known check (never guess a value that
+        could shape memory) or its value is known (the fake mode answers it, else raises)."""
+        producer = getattr(t, "_memcal_op", None)
+        if producer is None or (self.values is not None and self.values.known(t) is not None):
+            return None
+        answer = producer in _TRUE_WHEN_WELL_FORMED
+        self.answers.append((producer, answer))
+        return answer
+
+    def tag(self, func, out) -> None:
+        """Mark a one-element bool result of a check-like op: a later read of it is a sanity check."""
+        if isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.numel() == 1 \
+                and func.overloadpacket.__name__ in _BOOL_PRODUCERS:
+            out._memcal_op = func.overloadpacket.__name__
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        """As a dispatch mode on top of a fake mode other than memcal's (a DryRunMode asks `answer` and
+        `tag` itself: one Python dispatch layer less per op)."""
         if func is torch.ops.aten._local_scalar_dense.default:
-            producer = getattr(args[0], "_memcal_op", None)
-            if producer is None or (self.values is not None and self.values.known(args[0]) is not None):
-                # not a known check (never guess a value that could shape memory), or its value is known
-                return func(*args, **(kwargs or {}))  # the fake mode answers a known value, else raises
-            answer = producer in _TRUE_WHEN_WELL_FORMED
-            self.answers.append((producer, answer))
-            return answer
+            answer = self.answer(args[0])
+            if answer is not None:
+                return answer
         out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.numel() == 1 and name in _BOOL_PRODUCERS:
-            out._memcal_op = name
+        self.tag(func, out)
         return out
 
 
@@ -168,7 +180,8 @@ def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tens
         if extrapolator is not None:
             stack.enter_context(extrapolator.watching())
         stack.enter_context(_stop_check_patch(workload.total_len, extrapolator and extrapolator.step_end))
-        stack.enter_context(ScalarOracle(values))
+        oracle = ScalarOracle(values)
+        stack.enter_context(built.fake_mode.answering(oracle) if values is not None else oracle)
     return stack
 
 
