@@ -13,8 +13,8 @@ from tests.family_cases import random_configs
 from tests.harness_helpers import quiet, tiny
 
 pytest.importorskip("torch")
+import harness.measure._decode as decode  # noqa: E402  (white box: the pattern, the range's peak)
 from harness.measure import build_model, run_point  # noqa: E402
-from harness.measure import _decode  # noqa: E402  (white box: the pattern, the schedule)
 
 quiet()
 PROMPT = 6
@@ -77,17 +77,17 @@ def test_phi3_longrope_crossing():
 def test_range_peak_is_the_first_of_equal_maxima():
     # two events: +10 (grows by 1 a step), -10 (shrinks by 1): net 0 per step
     ops, base, slope = ("a", "free"), [10, -10], [1, -1]
-    assert _decode._range_peak(ops, base, slope, 0, 100, 3, 7) == (117, 7, "a")
-    flat = _decode._range_peak(("a", "free"), [5, -5], [0, 0], 0, 100, 3, 7)
+    assert decode._range_peak(ops, base, slope, 0, 100, 3, 7) == (117, 7, "a")
+    flat = decode._range_peak(("a", "free"), [5, -5], [0, 0], 0, 100, 3, 7)
     assert flat == (105, 3, "a")
 
 
 def test_pattern_needs_consecutive_affine_steps():
     steps = [(j, 0, [("cat", 8 * j), ("free", -8 * j)]) for j in range(2, 6)]
-    assert _decode._pattern(steps) == (("cat", "free"), [16, -16], [8, -8], 2)
+    assert decode._pattern(steps) == (("cat", "free"), [16, -16], [8, -8], 2)
     broken = steps[:3] + [(5, 0, [("cat", 41), ("free", -40)])]
-    assert _decode._pattern(broken) is None
-    assert _decode._pattern(steps[:2] + steps[3:]) is None  # not consecutive
+    assert decode._pattern(broken) is None
+    assert decode._pattern(steps[:2] + steps[3:]) is None  # not consecutive
 
 
 @pytest.mark.slow

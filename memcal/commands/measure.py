@@ -28,6 +28,8 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="load the real weights of MODEL, a local folder with *.safetensors (else random weights)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
     p.add_argument("--isolate", action="store_true", help="measure in a fresh process")
+    p.add_argument("--full-trace", action="store_true",
+                   help="dry-run generate: trace every decode step (default: the periodic ones in closed form)")
     p.add_argument("--unit", default=None, choices=("GiB", "GB", "MiB", "KiB"),
                    help="display unit (default GiB, MiB or KiB for peaks under 1 GiB or 1 MiB)")
     p.add_argument("--json", action="store_true", help="print the record as JSON (all sizes in bytes)")
@@ -57,7 +59,8 @@ def _estimate(spec, workload):
 
 
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
-                    load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False):
+                    load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False,
+                    full_trace: bool = False):
     """The verb as a plain function: (record, estimate)."""
     from estimator.spec import load_spec
     from harness.measure import measure
@@ -69,7 +72,7 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
             raise MemcalError(f"--load-weights needs MODEL to be a local model folder, got {model!r}")
         weights_path = str(Path(model).expanduser())
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
-                     trust_remote_code=trust_remote_code, isolate=isolate)
+                     trust_remote_code=trust_remote_code, isolate=isolate, extrapolate=not full_trace)
     return record, _estimate(spec, workload)
 
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     workload = workload_from_args(args)
     record, est = measure_command(args.model, workload, device=args.device, memory_cap=_cap(args.memory_cap),
                                   load_weights=args.load_weights, trust_remote_code=args.trust_remote_code,
-                                  isolate=args.isolate)
+                                  isolate=args.isolate, full_trace=args.full_trace)
     if args.json:
         print(json.dumps(measurement_json(record, est), indent=2))
     else:
