@@ -99,3 +99,16 @@ def test_every_family_extrapolated_equals_full(family):
     # 10 tokens: one range skipped; 28: sliding windows and chunks of 4, 8 and 16 filled after a prompt of 6
     notes = compare(config, [10, 28], batch=1)
     print(family, notes)
+
+
+def test_measure_freezes_the_collector_only_while_it_runs():
+    import gc
+
+    from harness.measure import measure
+    frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+    w = Workload(batch=1, prompt_len=4, new_tokens=12, dtype="fp32", attention="sdpa", phase="generate")
+    fast = measure(tiny("llama"), w, device="dry-run")
+    full = measure(tiny("llama"), w, device="dry-run", extrapolate=False)
+    assert gc.get_freeze_count() == frozen and gc.isenabled() == enabled
+    assert (fast.peak_tensor_bytes, fast.kv_cache_bytes) == (full.peak_tensor_bytes, full.kv_cache_bytes)
+    assert any(CLOSED_FORM in n for n in fast.notes) and not any(CLOSED_FORM in n for n in full.notes)

@@ -40,7 +40,7 @@ import torch
 __all__ = ["DecodeExtrapolator", "DecodeMismatch", "thresholds"]
 
 PATTERN = 4   # consecutive traced decode steps the pattern is read from (2 determine it, 2 check it)
-HEAD = 2 + PATTERN  # iterations traced first: the prefill's, the first decode step (its own shape), the pattern
+HEAD = 1 + PATTERN  # iterations traced first: the prefill's, then decode steps until a pattern holds
 TAIL = 2      # the last iterations, traced for real: the first checks the fast-forward, the last stops
 MARGIN = 2    # iterations either side of a threshold that are traced
 
