@@ -39,7 +39,7 @@ import torch
 
 __all__ = ["DecodeExtrapolator", "DecodeMismatch", "thresholds"]
 
-PATTERN = 4   # consecutive traced decode steps the pattern is read from (2 determine it, 2 check it)
+PATTERN = 3   # consecutive traced decode steps the pattern is read from (2 determine it, 1 checks it)
 HEAD = 1 + PATTERN  # iterations traced first: the prefill's, then decode steps until a pattern holds
 TAIL = 2      # the last iterations, traced for real: the first checks the fast-forward, the last stops
 MARGIN = 2    # iterations either side of a threshold that are traced
