@@ -112,3 +112,13 @@ def test_measure_freezes_the_collector_only_while_it_runs():
     assert gc.get_freeze_count() == frozen and gc.isenabled() == enabled
     assert (fast.peak_tensor_bytes, fast.kv_cache_bytes) == (full.peak_tensor_bytes, full.kv_cache_bytes)
     assert any(CLOSED_FORM in n for n in fast.notes) and not any(CLOSED_FORM in n for n in full.notes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", supported_families())
+def test_every_family_static_cache_extrapolated_equals_full(family):
+    config = random_configs(family, 1, seed="decode14")[0]
+    if family == "phi3":
+        config = _phi3_longrope()
+    notes = compare(config, [28], cache="static", batch=1)
+    print(family, "static", notes)
