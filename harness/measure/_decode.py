@@ -259,14 +259,14 @@ class DecodeExtrapolator:
         def kwargs_update(*args, **kwargs):
             me.model_kwargs = update(*args, **kwargs)
             return me.model_kwargs
-        self.tracker.events = []
+        self.tracker.changes = []
         self.start_live = self.tracker.live_bytes
         try:
             with mock.patch.object(sc.StoppingCriteriaList, "__call__", criteria), \
                     mock.patch.object(self.model, "_update_model_kwargs_for_generation", kwargs_update):
                 yield self
         finally:
-            self.tracker.events = None
+            self.tracker.changes = None
             self.input_ids = self.model_kwargs = None
 
     def note(self) -> str:
@@ -283,8 +283,8 @@ class DecodeExtrapolator:
         """The end of iteration `self.iteration` (input_ids of `length` tokens); returns the length after
         any fast-forward."""
         tracker, j = self.tracker, self.iteration
-        events = tracker.events
-        tracker.events = []
+        events = tracker.changes
+        tracker.changes = []
         if self.expected is not None and self.expected[0] == j:
             self._check(events)
         self.steps.append((j, self.start_live, events))
@@ -319,10 +319,10 @@ class DecodeExtrapolator:
         if plans is None:
             return 0
         peak_before, op_before = tracker.peak_bytes, tracker._peak_op
-        events, tracker.events = tracker.events, None
+        events, tracker.changes = tracker.changes, None
         for plan in plans:
             plan()
-        tracker.events = events
+        tracker.changes = events
         if tracker.live_bytes != live_end + steps * net:
             raise DecodeMismatch(f"the fast-forward over decode steps {j + 1}-{g - 1} left "
                                  f"{tracker.live_bytes:,} live bytes, not {live_end + steps * net:,}")

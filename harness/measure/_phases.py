@@ -34,7 +34,7 @@ from estimator.workload import Workload
 
 from ._build import BuiltModel
 from ._decode import DecodeExtrapolator
-from ._tracker import storages_bytes
+from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
 __all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput"]
@@ -200,7 +200,8 @@ class _CacheCatcher:
 def _extrapolator(built: BuiltModel, workload: Workload) -> DecodeExtrapolator | None:
     """The decode extrapolation of a dry-run generate, when the tracker rides in a DryRunMode."""
     tracker = getattr(built.fake_mode, "tracker", None)
-    if tracker is None or workload.phase != "generate":
+    # a plain StorageTracker only: a subclass may need every event of the run (a replay of them)
+    if type(tracker) is not StorageTracker or workload.phase != "generate":
         return None
     return DecodeExtrapolator(tracker, built.model, workload.new_tokens, workload.prompt_len)
 

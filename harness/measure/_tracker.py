@@ -71,7 +71,7 @@ class StorageTracker(TorchDispatchMode):
         self._peak_op: object = ""  # an aten overload or a label; named only when asked (peak_op)
         self.trace: list[TraceEvent] | None = [] if keep_trace else None
         # (op, bytes) of every change, while a dry run's decode extrapolation reads them (harness/measure/_decode.py)
-        self.events: list[tuple[object, int]] | None = None
+        self.changes: list[tuple[object, int]] | None = None
         self._refs: dict[int, tuple[weakref.ref, int]] = {}
         self._self_ref = weakref.ref(self)
 
@@ -85,8 +85,8 @@ class StorageTracker(TorchDispatchMode):
         self.live_bytes += delta
         if self.trace is not None and delta:
             self.trace.append(TraceEvent(_op_name(op), delta, self.live_bytes))
-        if self.events is not None:
-            self.events.append((op, delta))
+        if self.changes is not None:
+            self.changes.append((op, delta))
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
             self._peak_op = op
