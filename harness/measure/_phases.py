@@ -200,8 +200,10 @@ class _CacheCatcher:
 def _extrapolator(built: BuiltModel, workload: Workload) -> DecodeExtrapolator | None:
     """The decode extrapolation of a dry-run generate, when the tracker rides in a DryRunMode."""
     tracker = getattr(built.fake_mode, "tracker", None)
-    # a plain StorageTracker only: a subclass may need every event of the run (a replay of them)
-    if type(tracker) is not StorageTracker or workload.phase != "generate":
+    # a plain StorageTracker with one total only: a subclass may need every event of the run (a replay
+    # of them), and live bytes kept per device would not follow the closed form
+    if type(tracker) is not StorageTracker or getattr(tracker, "devices", None) is not None \
+            or workload.phase != "generate":
         return None
     return DecodeExtrapolator(tracker, built.model, workload.new_tokens, workload.prompt_len)
 
