@@ -56,6 +56,7 @@ _SEQUENCES = frozenset({list, tuple, torch.Size})
 _STRIDED = torch.strided
 _UNSAFE_VIEW = torch.ops.aten._unsafe_view.default
 _VIEW = torch.ops.aten.view.default
+_READ = torch.ops.aten._local_scalar_dense.default
 
 
 class _Unusual(Exception):
@@ -72,6 +73,7 @@ class DryRunMode(FakeTensorMode):
         self._inside = False
         self._values = None
         self._following = False
+        self._oracle = None
 
     # --- the tracker ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -85,6 +87,11 @@ class DryRunMode(FakeTensorMode):
         finally:
             self._tracker = None
 
+    @property
+    def tracker(self):
+        """The attached StorageTracker, or None."""
+        return self._tracker
+
     # --- the values known from shapes (harness/measure/_values.py) -------------------------------------------
     @contextlib.contextmanager
     def follow(self, values):
@@ -97,15 +104,35 @@ class DryRunMode(FakeTensorMode):
         finally:
             self._values = None
 
+    @contextlib.contextmanager
+    def answering(self, oracle):
+        """Let `oracle` (generate's `ScalarOracle`, harness/measure/_phases.py) answer the sanity checks
+        while the block runs: here, in the mode's own dispatch, instead of a dispatch mode on top."""
+        if self._values is None or self._oracle is not None:
+            raise RuntimeError("an oracle needs followed values and no other oracle")
+        self._oracle = oracle
+        try:
+            yield oracle
+        finally:
+            self._oracle = None
+
     def dispatch(self, func, types, args=(), kwargs=None):
         values = self._values
         if values is None or self._following:  # not followed, or an op of the mode's own decompositions
             return self._tracked(func, types, args, kwargs)
+        oracle = self._oracle
+        if oracle is not None and func is _READ:
+            answer = oracle.answer(args[0])
+            if answer is not None:
+                return answer
         self._following = True
         try:
-            return values.around(func, args, kwargs or {}, lambda: self._tracked(func, types, args, kwargs))
+            out = values.around(func, args, kwargs or {}, lambda: self._tracked(func, types, args, kwargs))
         finally:
             self._following = False
+        if oracle is not None:
+            oracle.tag(func, out)
+        return out
 
     def _tracked(self, func, types, args, kwargs):
         tracker, asked = self._tracker, _VIEW if func is _UNSAFE_VIEW else func

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from .._record import Measurement
 from . import _env as env_mod
 from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
 from ._cuda_target import CudaTargetTracker
+from ._decode import DecodeMismatch
 from ._devices import VirtualDevices, attach_hooks, track_weights
 from ._isolate import call_in_fresh_process
 from ._phases import cache_bytes, make_inputs, run_phase
@@ -48,14 +50,14 @@ def record_status(spec: ModelSpec, workload: Workload, device: str, status: str,
 def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: int | None = None,
             weights_path: str | None = None, trust_remote_code: bool = False, isolate: bool = False,
             keep_trace: bool = False, gpu: Any = None, cuda_env: dict | None = None,
-            placement: Any = None) -> Measurement:
+            placement: Any = None, extrapolate: bool = True) -> Measurement:
     """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps).
 
     ``gpu`` (a GPU profile, table name or JSON file; dry-run only): the CUDA target, whose predicted
     allocated, reserved and device peaks the record gains (harness/measure/_cuda_target.py);
     ``cuda_env``: the environment variables it reads (PYTORCH_CUDA_ALLOC_CONF, CUBLAS_WORKSPACE_CONFIG).
     ``placement`` (`harness.measure.device_placement`) splits the model over GPUs: the record then
-    holds a peak per device (``devices``) beside the totals.
+    holds a peak per device (``devices``) beside the totals. ``extrapolate``: see `run_point`.
     """
     spec = load_spec(model)
     gpu = _gpu(gpu, device)
@@ -66,25 +68,46 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
     if isolate:
         return _measure_isolated(spec, workload, device=device, memory_cap=memory_cap,
                                  weights_path=weights_path, trust_remote_code=trust_remote_code,
-                                 gpu=dataclasses.asdict(gpu) if gpu else None, cuda_env=cuda_env)
+                                 gpu=dataclasses.asdict(gpu) if gpu else None, cuda_env=cuda_env,
+                                 extrapolate=extrapolate)
     probe = get_probe(device, gpus=placement.gpus if placement is not None else 1)
     reason = probe.unavailable() or unsupported_reason(spec, workload, device)
     if reason:
         return record_status(spec, workload, device, "unsupported", reason)
-    try:
-        built = build_model(spec, workload, device, weights_path=weights_path, trust_remote_code=trust_remote_code,
-                            placement=placement)
-    except MemcalError:
-        raise
-    except Exception as exc:  # failure is data: a sweep goes on
+    with _gc_frozen(collect=not probe.fake):
+        try:
+            built = build_model(spec, workload, device, weights_path=weights_path,
+                                trust_remote_code=trust_remote_code, placement=placement)
+        except MemcalError:
+            raise
+        except Exception as exc:  # failure is data: a sweep goes on
+            settle(probe)
+            return record_status(spec, workload, device, *build_failure(exc))
+        gc.freeze()  # the model too: the protocol's collections only look at the run's own objects
+        try:
+            record = run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace,
+                               gpu=gpu, cuda_env=cuda_env, extrapolate=extrapolate)
+        finally:
+            del built
+    # a real device's memory goes back now; fake tensors hold none: their cycles wait for the next collection
+    if not probe.fake:
         settle(probe)
-        return record_status(spec, workload, device, *build_failure(exc))
+    return record
+
+
+@contextlib.contextmanager
+def _gc_frozen(collect: bool):
+    """The collector frozen around a one-off measurement, as a sweep worker freezes it after building:
+    with transformers loaded a full collection costs ~0.2 s, and the protocol runs one before each
+    run. Objects that exist before the block are left out of the collections inside it; ``collect``
+    (real devices) collects them first, so that no garbage holding device memory is frozen."""
+    if collect:
+        gc.collect()
+    gc.freeze()
     try:
-        return run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace, gpu=gpu,
-                         cuda_env=cuda_env)
+        yield
     finally:
-        del built
-        settle(probe)
+        gc.unfreeze()
 
 
 def _gpu(gpu, device: str):
@@ -125,10 +148,14 @@ def _measure_isolated(spec: ModelSpec, workload: Workload, **kwargs: Any) -> Mea
 
 def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None = None, probe: Probe | None = None,
               keep_trace: bool = False, tracker_out: list | None = None, gpu: Any = None,
-              cuda_env: dict | None = None) -> Measurement:
+              cuda_env: dict | None = None, extrapolate: bool = True) -> Measurement:
     """Run one workload on an already built model, under the protocol; return its record.
 
     ``tracker_out``, if given, receives the StorageTracker (its trace, with ``keep_trace``).
+    ``extrapolate``: a dry-run generate computes its periodic decode steps in closed form
+    (harness/measure/_decode.py; the record's notes say so); False traces every step, and so does a
+    run that keeps its trace (``keep_trace``: every event, to compare with another run's), a CUDA
+    target's or a split model's (their trackers count more than storages).
     """
     if not built.fits(workload):
         raise MemcalError(f"the built model runs {built.dtype}/{built.weights}/{built.attention}; "
@@ -143,39 +170,25 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     if isinstance(probe, CudaProbe):
         probe.warm_up(TORCH_DTYPES[workload.dtype])
     gpu = _gpu(gpu, device)
-    tracker_kwargs = dict(device_type=torch.device(built.torch_device).type, cap_bytes=memory_cap,
-                          keep_trace=keep_trace)
-    tracker = CudaTargetTracker(gpu, cuda_env, **tracker_kwargs) if gpu else StorageTracker(**tracker_kwargs)
-    if tracker_out is not None:
-        tracker_out.append(tracker)
     common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
     input_ids = make_inputs(built, workload)
-    split = _Split(built, tracker) if built.placement is not None else None
-    if split is not None:
-        split.track(input_ids)
-    else:
-        tracker.track(built.tensors(), "weights")
-        tracker.track([input_ids], "inputs")
-    if memory_cap is not None and tracker.over_cap():
-        return record_status(spec, workload, device, "oom",
-                             f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
-                             f"({memory_cap:,} bytes)", baseline_bytes=tracker.live_bytes,
-                             peak_tensor_bytes=tracker.live_bytes, **common)
-    status, message, output = "ok", "", None
-    session = None
-    try:
-        with measuring(probe, tracker) as session, (split or contextlib.nullcontext()):
-            output = run_phase(built, workload, input_ids)
-    except torch.OutOfMemoryError as exc:
-        status, message = "oom", one_line(exc)
-    except Exception as exc:  # failure is data
-        status, message = _classify(exc, built)
-    kv = cache_bytes(output.cache) if output is not None else None
     notes = list(built.notes)
+    run = _Run(built, workload, probe, memory_cap, keep_trace, tracker_out, gpu, cuda_env)
+    status, message, output, session = run(input_ids, extrapolate and not keep_trace)
+    if status == "mismatch":  # the decode extrapolation disagreed with the trace: measure it in full
+        notes.append(f"dry-run generate: every decode step traced ({message})")
+        status, message, output, session = run(input_ids, False)
+    elif output is not None:
+        notes.extend(output.notes)
+    if status == "oom" and session is None:
+        return record_status(spec, workload, device, "oom", message, baseline_bytes=run.tracker.live_bytes,
+                             peak_tensor_bytes=run.tracker.live_bytes, **common)
+    kv = cache_bytes(output.cache) if output is not None else None
     if device == "dry-run" and spec.is_moe and status != "ok":
         notes.append("dry-run MoE: transformers' eager experts read routing counts; its grouped_mm path (the default) "
                      "does not")
-    cuda = _cuda_fields(tracker, notes, status) if gpu else {}
+    cuda = _cuda_fields(run.tracker, notes, status) if gpu else {}
+    split = run.split
     record = Measurement(
         model=spec.name, family=spec.family, device=device, workload=dataclasses.asdict(workload),
         status=status, message=message, kv_cache_bytes=kv,
@@ -189,6 +202,47 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         **{k: v for k, v in (session.peaks if session else {}).items() if k != "devices"}, **common, **cuda)
     del output, input_ids
     return record
+
+
+class _Run:
+    """One run of the point under the protocol, with a fresh tracker: (status, message, output, session);
+    status "mismatch" when the decode extrapolation raised DecodeMismatch (harness/measure/_decode.py)."""
+
+    def __init__(self, built: BuiltModel, workload: Workload, probe: Probe, memory_cap: int | None,
+                 keep_trace: bool, tracker_out: list | None, gpu: Any = None, cuda_env: dict | None = None) -> None:
+        self.built, self.workload, self.probe = built, workload, probe
+        self.memory_cap, self.keep_trace, self.tracker_out = memory_cap, keep_trace, tracker_out
+        self.gpu, self.cuda_env = gpu, cuda_env
+        self.tracker: StorageTracker | None = None
+        self.split: _Split | None = None
+
+    def __call__(self, input_ids: torch.Tensor, extrapolate: bool):
+        built, cap = self.built, self.memory_cap
+        kwargs = dict(device_type=torch.device(built.torch_device).type, cap_bytes=cap, keep_trace=self.keep_trace)
+        tracker = self.tracker = CudaTargetTracker(self.gpu, self.cuda_env, **kwargs) if self.gpu \
+            else StorageTracker(**kwargs)
+        if self.tracker_out is not None:
+            self.tracker_out[:] = [tracker]
+        split = self.split = _Split(built, tracker) if built.placement is not None else None
+        if split is not None:
+            split.track(input_ids)
+        else:
+            tracker.track(built.tensors(), "weights")
+            tracker.track([input_ids], "inputs")
+        if cap is not None and tracker.over_cap():
+            return "oom", (f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
+                           f"({cap:,} bytes)"), None, None
+        status, message, output, session = "ok", "", None, None
+        try:
+            with measuring(self.probe, tracker) as session, (split or contextlib.nullcontext()):
+                output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate)
+        except DecodeMismatch as exc:
+            return "mismatch", one_line(exc), None, None
+        except torch.OutOfMemoryError as exc:
+            status, message = "oom", one_line(exc)
+        except Exception as exc:  # failure is data
+            status, message = _classify(exc, built)
+        return status, message, output, session
 
 
 def _cuda_fields(tracker, notes: list, status: str) -> dict:

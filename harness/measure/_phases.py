@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from unittest import mock
 
 import torch
@@ -33,7 +33,8 @@ from estimator.errors import MemcalError
 from estimator.workload import Workload
 
 from ._build import BuiltModel
-from ._tracker import storages_bytes
+from ._decode import DecodeExtrapolator
+from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
 __all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput"]
@@ -49,6 +50,7 @@ class PhaseOutput:
 
     cache: Any
     output_len: int
+    notes: tuple[str, ...] = ()
 
 
 def _special_ids(model) -> set[int]:
@@ -106,24 +108,38 @@ class ScalarOracle(TorchDispatchMode):
         self.answers: list[tuple[str, bool]] = []
         self.values = values
 
+    def answer(self, t) -> bool | None:
+        """The answer to a read of `t`, or None when it is not a known check (never guess a value that
+        could shape memory) or its value is known (the fake mode answers it, else raises)."""
+        producer = getattr(t, "_memcal_op", None)
+        if producer is None or (self.values is not None and self.values.known(t) is not None):
+            return None
+        answer = producer in _TRUE_WHEN_WELL_FORMED
+        self.answers.append((producer, answer))
+        return answer
+
+    def tag(self, func, out) -> None:
+        """Mark a one-element bool result of a check-like op: a later read of it is a sanity check."""
+        if isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.numel() == 1 \
+                and func.overloadpacket.__name__ in _BOOL_PRODUCERS:
+            out._memcal_op = func.overloadpacket.__name__
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        """As a dispatch mode on top of a fake mode other than memcal's (a DryRunMode asks `answer` and
+        `tag` itself: one Python dispatch layer less per op)."""
         if func is torch.ops.aten._local_scalar_dense.default:
-            producer = getattr(args[0], "_memcal_op", None)
-            if producer is None or (self.values is not None and self.values.known(args[0]) is not None):
-                # not a known check (never guess a value that could shape memory), or its value is known
-                return func(*args, **(kwargs or {}))  # the fake mode answers a known value, else raises
-            answer = producer in _TRUE_WHEN_WELL_FORMED
-            self.answers.append((producer, answer))
-            return answer
+            answer = self.answer(args[0])
+            if answer is not None:
+                return answer
         out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.numel() == 1 and name in _BOOL_PRODUCERS:
-            out._memcal_op = name
+        self.tag(func, out)
         return out
 
 
-def _stop_check_patch(total_len: int):
-    """generate's stop check, answered from the token count; it allocates what the real one does."""
+def _stop_check_patch(total_len: int, step_end: Callable[[int], int] | None = None):
+    """generate's stop check, answered from the token count; it allocates what the real one does.
+    ``step_end(length)``, if given, is called at the end of every iteration of the decoding loop (the
+    decode extrapolation's hook, harness/measure/_decode.py) and returns the length after it."""
     from transformers.generation import utils as gen_utils
     if not hasattr(gen_utils, "StopCheck"):
         raise MemcalError("dry-run generate needs transformers' StopCheck (transformers >= 5.20)")
@@ -131,6 +147,8 @@ def _stop_check_patch(total_len: int):
     def stop(self, unfinished_sequences, tokens, length):
         flag = unfinished_sequences.max() == 0  # the real check's allocations, without reading them
         del flag
+        if step_end is not None:
+            length = step_end(length)
         return length >= total_len
     return mock.patch.object(gen_utils.StopCheck, "__call__", stop)
 
@@ -147,8 +165,8 @@ def _quiet_transformers():
         logger.setLevel(level)
 
 
-def dry_run_context(built: BuiltModel, workload: Workload,
-                    input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
+def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
+                    extrapolator: DecodeExtrapolator | None = None) -> contextlib.AbstractContextManager:
     """Entered inside the fake mode, for a dry run: the values known from shapes (harness/measure/_values.py)
     and, for generate, the stop check and the well-formed answers. A known value wins over an answer.
     The prompt is known as a well-formed one: no special token in it (the ids are one ordinary token,
@@ -159,8 +177,11 @@ def dry_run_context(built: BuiltModel, workload: Workload,
     if values is not None:
         stack.enter_context(follow(values))
     if built.fake_mode is not None and workload.phase == "generate":
-        stack.enter_context(_stop_check_patch(workload.total_len))
-        stack.enter_context(ScalarOracle(values))
+        if extrapolator is not None:
+            stack.enter_context(extrapolator.watching())
+        stack.enter_context(_stop_check_patch(workload.total_len, extrapolator and extrapolator.step_end))
+        oracle = ScalarOracle(values)
+        stack.enter_context(built.fake_mode.answering(oracle) if values is not None else oracle)
     return stack
 
 
@@ -176,8 +197,22 @@ class _CacheCatcher:
             self.cache = cache
 
 
-def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) -> PhaseOutput:
-    """Run the workload's phase; call inside the measurement protocol."""
+def _extrapolator(built: BuiltModel, workload: Workload) -> DecodeExtrapolator | None:
+    """The decode extrapolation of a dry-run generate, when the tracker rides in a DryRunMode."""
+    tracker = getattr(built.fake_mode, "tracker", None)
+    # a plain StorageTracker with one total only: a subclass may need every event of the run (a replay
+    # of them), and live bytes kept per device would not follow the closed form
+    if type(tracker) is not StorageTracker or getattr(tracker, "devices", None) is not None \
+            or workload.phase != "generate":
+        return None
+    return DecodeExtrapolator(tracker, built.model, workload.new_tokens, workload.prompt_len)
+
+
+def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
+              extrapolate: bool = True) -> PhaseOutput:
+    """Run the workload's phase; call inside the measurement protocol. A dry-run generate computes the
+    periodic decode steps in closed form unless ``extrapolate`` is False (harness/measure/_decode.py:
+    it raises `DecodeMismatch` when the run disagrees with its pattern; the caller then runs the full trace)."""
     model = built.model
     with torch.no_grad(), _quiet_transformers():
         if workload.phase == "prefill":
@@ -191,12 +226,14 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor) ->
         model.__dict__.pop("_previous_max_cache_length", None)
         catcher = _CacheCatcher()
         handle = model.register_forward_pre_hook(catcher, with_kwargs=True)
+        extrapolator = _extrapolator(built, workload) if extrapolate else None
         try:
-            with dry_run_context(built, workload, input_ids):
+            with dry_run_context(built, workload, input_ids, extrapolator):
                 sequences = model.generate(
                     input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
                     do_sample=False, cache_implementation=workload.cache, num_beams=1,
                     use_cache=True)  # as the prefill: some config.json files keep a training-time use_cache=false
         finally:
             handle.remove()
-        return PhaseOutput(catcher.cache, sequences.shape[1])
+        notes = (extrapolator.note(),) if extrapolator is not None else ()
+        return PhaseOutput(catcher.cache, sequences.shape[1], notes)

@@ -72,6 +72,8 @@ class StorageTracker(TorchDispatchMode):
         self.peak_bytes = 0
         self._peak_op: object = ""  # an aten overload or a label; named only when asked (peak_op)
         self.trace: list[TraceEvent] | None = [] if keep_trace else None
+        # (op, bytes) of every change, while a dry run's decode extrapolation reads them (harness/measure/_decode.py)
+        self.changes: list[tuple[object, int]] | None = None
         self._refs: dict[int, tuple[weakref.ref, int]] = {}
         self._self_ref = weakref.ref(self)
         self.devices = None  # a harness.measure._devices.VirtualDevices: a live total and a peak per device
@@ -86,6 +88,8 @@ class StorageTracker(TorchDispatchMode):
         self.live_bytes += delta
         if self.trace is not None and delta:
             self.trace.append(TraceEvent(_op_name(op), delta, self.live_bytes))
+        if self.changes is not None:
+            self.changes.append((op, delta))
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
             self._peak_op = op

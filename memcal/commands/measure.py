@@ -29,6 +29,8 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="load the real weights of MODEL, a local folder with *.safetensors (else random weights)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
     p.add_argument("--isolate", action="store_true", help="measure in a fresh process")
+    p.add_argument("--full-trace", action="store_true",
+                   help="dry-run generate: trace every decode step (default: the periodic ones in closed form)")
     p.add_argument("--unit", default=None, choices=("GiB", "GB", "MiB", "KiB"),
                    help="display unit (default GiB, MiB or KiB for peaks under 1 GiB or 1 MiB)")
     p.add_argument("--json", action="store_true", help="print the record as JSON (all sizes in bytes)")
@@ -94,12 +96,14 @@ def _cuda_formula(est, gpu, env: dict | None, since: str, bnb_legacy: bool = Fal
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
                     load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False,
                     gpu=None, cuda_env: dict | None = None, since: str = "load", bnb_legacy: bool = False,
-                    gpus: int | None = None, device_map: str = "auto", max_memory: dict[int, int] | None = None):
+                    gpus: int | None = None, device_map: str = "auto", max_memory: dict[int, int] | None = None,
+                    full_trace: bool = False):
     """The verb as a plain function: (record, estimate, CUDA totals of memcal's formula or None).
 
     ``gpu`` (dry-run: the CUDA target; cuda: the profile to compare with). ``since``: the formula's
     peak since process start or since loading; a measurement resets peaks after loading: "load".
-    ``gpus``: the model split over that many GPUs by accelerate's device map (``gpu`` is then their kind)."""
+    ``gpus``: the model split over that many GPUs by accelerate's device map (``gpu`` is then their kind).
+    ``full_trace``: a dry-run generate traces every decode step (no closed-form extrapolation)."""
     from harness.measure import device_placement, measure
     from memcal.commands._spec import resolve
     spec = resolve(model)
@@ -115,7 +119,7 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
     target = gpu if device == "dry-run" and not gpus else None  # split over GPUs: --gpu is their kind
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
                      trust_remote_code=trust_remote_code, isolate=isolate, gpu=target, cuda_env=cuda_env,
-                     placement=placement)
+                     placement=placement, extrapolate=not full_trace)
     est = _estimate(spec, workload, "cuda" if gpu is not None else None)
     return record, est, _cuda_formula(est, gpu, cuda_env, since, bnb_legacy)
 
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                                         isolate=args.isolate, gpu=gpu, cuda_env=cuda_env(args),
                                         since="load",  # a measurement resets peaks after loading
                                         bnb_legacy=args.bnb_legacy, gpus=args.gpus, device_map=args.device_map,
-                                        max_memory=split_budget(args))
+                                        max_memory=split_budget(args), full_trace=args.full_trace)
     shares = _shares(record, args.model)
     if args.json:
         out = measurement_json(record, est, None if args.gpus else cuda)

@@ -12,6 +12,6 @@ from side_by_side import RESULTS
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not RESULTS:
         return
-    terminalreporter.section("memcal performance targets (issue 7)")
+    terminalreporter.section("memcal performance targets (issues 7 and 14)")
     for target in RESULTS:
         terminalreporter.write_line(target.line())

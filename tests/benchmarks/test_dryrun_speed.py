@@ -111,8 +111,9 @@ def test_dryrun_70b_prefill_measure(benchmark):
         return record
 
     cmp = side_by_side(benchmark, run, rounds=5)
+    # issue 7 asked for 2 s; issue 14 (the collector frozen around a one-off measure()) for 1.2 s
     check_target(benchmark, "70B dry-run prefill, measure() end to end (warm process)", cmp.median(),
-                 at_most=2.0, unit=" s")
+                 at_most=1.2, unit=" s")
 
 
 def _cli(*args: str) -> None:
