@@ -80,7 +80,8 @@ def test_the_verdict_says_what_was_checked():
     cannot = Verification(M(status="unsupported", message="dry run: reads data"), None)
     assert not cannot.confirmed and cannot.verdict().startswith("NOT checked: the dry run could not run the planned")
     assert Verification(ok, M(status="error", message="boom")).verdict().startswith("NOT checked")
-    assert Verification(ok, ok).verdict() == "NOT confirmed: the dry run disagrees with the plan (the next step fits too)"
+    disagrees = "NOT confirmed: the dry run disagrees with the plan (the next step fits too)"
+    assert Verification(ok, ok).verdict() == disagrees
     assert "does not fit" in Verification(oom, oom).verdict()
 
 

@@ -130,7 +130,7 @@ def positions_reason(spec: ModelSpec, workload: Workload) -> str | None:
     limit = spec.max_position_embeddings
     if limit and spec.learned_positions and workload.total_len > limit:
         return (f"{workload.total_len} positions (prompt {workload.prompt_len} + {workload.new_tokens} new) pass "
-                f"{spec.name}'s {limit} learned position embeddings")
+                f"{spec.name}'s {limit} learned positions (a real run fails with an index error)")
     return None
 
 
