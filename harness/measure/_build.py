@@ -217,7 +217,7 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
             notes.append("dry run: the weights folder gives the config only; weights are fake")
         from ._fakemode import DryRunMode
         fake_mode = DryRunMode()
-        if fake_mode.note:
+        if getattr(fake_mode, "note", ""):  # the stock mode (benchmarks, tests) has none
             notes.append(fake_mode.note)
         model = _random(_config(spec, workload), workload, torch_device, fake_mode)
     elif weights_path is not None:
