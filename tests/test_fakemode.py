@@ -52,6 +52,7 @@ def _workloads(dtype):
 @pytest.mark.slow
 def test_fast_cache_key_equals_stock_key_over_whole_traces(family, dtype, monkeypatch):
     assert fakemode.FAST_KEY_SUPPORTED  # torch 2.13's TensorMetadata, as pinned in constraints/cpu.txt
+    monkeypatch.delenv(fakemode.FAST_SWITCH, raising=False)  # this test is about the fast key itself
     monkeypatch.setattr(fakemode, "DryRunMode", _KeyCheckingMode)
     for wl in _workloads(dtype):
         if family == "gemma2" and wl.attention == "sdpa":
