@@ -98,3 +98,15 @@ def test_a_bad_input_in_the_child_is_raised_in_the_parent():
     with pytest.raises(MemcalError):
         _measure._measure_isolated(load_spec(tiny("llama")), Workload(batch=1, prompt_len=4, dtype="fp32"),
                                    device="cpu", weights_path="/nonexistent/folder")
+
+
+@pytest.mark.parametrize("device", ["cpu", "dry-run"])
+def test_a_generate_past_its_time_limit_stops_and_says_so(device):
+    wl = Workload(batch=1, prompt_len=4, new_tokens=50, dtype="fp32")
+    r = _measure.measure(tiny("llama"), wl, device=device, time_limit_s=1e-6)
+    assert r.status == "timeout" and "stopped by the time limit" in r.message and "of 50 new tokens" in r.message
+    assert r.peak_tensor_bytes is not None  # the peak so far is kept
+    steps = []
+    done = _measure.measure(tiny("llama"), Workload(batch=1, prompt_len=4, new_tokens=3, dtype="fp32"),
+                            device=device, time_limit_s=600, progress=steps.append)
+    assert done.ok and steps == [1, 2, 3]  # one forward per token (the first one is the prefill)
