@@ -10,7 +10,7 @@ DEMO_MODEL ?= meta-llama/Llama-3.1-8B
 # pytest-xdist: one worker per core, at most 4 (each worker imports torch and transformers).
 XDIST ?= -n auto --maxprocesses 4
 
-.PHONY: install demo test test-fast lint bench report-check clean gpu-check
+.PHONY: install demo test test-fast test-latest lint bench report-check clean gpu-check
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
+# The measurement tests against the newest transformers, accelerate and bitsandbytes that pip resolves,
+# in their own venv (.venv-latest, torch held at 2.13.0 by constraints/latest.txt), then the dry-run tests
+# once more on the stock fake-tensor path (MEMCAL_FAKEMODE_FAST=0). Offline: skipped, and it says so.
+test-latest:
+	PYTHON=$(PYTHON) .ci/test-latest
+
 # What tests/test_boundaries.py checks, with the tools' own output.
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -64,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-enable -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks .ruff_cache .import_linter_cache *.egg-info
+	rm -rf $(VENV) .venv-latest .pytest_cache .benchmarks .ruff_cache .import_linter_cache *.egg-info

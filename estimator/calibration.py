@@ -115,6 +115,8 @@ class Calibration:
     def dump(self, path: str | Path, *, force: bool = False) -> Path:
         """Write the profile as JSON; refuses to overwrite an existing file unless ``force``."""
         path = Path(path)
+        if path.is_dir():
+            raise MemcalError(f"{path}: is a directory; give the profile's file name (e.g. {path}/profile.json)")
         if path.exists() and not force:
             raise MemcalError(f"{path}: exists; pass --force to overwrite a calibration profile")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,8 @@ def load_calibration(source: "str | Path | Calibration | Mapping[str, Any]") -> 
         text = Path(source).expanduser().read_text()
     except OSError as exc:
         raise MemcalError(f"{label}: cannot read calibration profile ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise MemcalError(f"{label}: not a calibration profile (not UTF-8 text; memcal fit writes JSON)") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -22,12 +22,23 @@ __all__ = ["COMPARABLE_ENV_KEYS", "env_differences", "median_repeat", "memcal_ve
 # commit (with its dirtiness) may differ: a Slurm array runs on identical nodes, and comparing commits
 # is what the regression gate is for. The commit stays in every header as provenance.
 COMPARABLE_ENV_KEYS = ("device", "device_name", "compute_capability", "driver", "cuda_version", "torch",
-                       "transformers", "bitsandbytes", "accelerate")
+                       "transformers", "bitsandbytes", "accelerate", "cpu_flags")
+# The CPU features that change a CPU run (AVX512-BF16, AMX), recorded since issue 12: compared for cpu
+# runs only (a dry run or a GPU run does not depend on them), and only when both environments recorded
+# them, so that older files stay comparable with newer ones.
+CPU_ONLY_KEYS = ("cpu_flags",)
+
+
+def _compared(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    if key in CPU_ONLY_KEYS:
+        return a.get("device") == "cpu" and key in a and key in b
+    return True
 
 
 def env_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """'key: a vs b' for every comparable env key on which two environments disagree."""
-    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in COMPARABLE_ENV_KEYS if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in COMPARABLE_ENV_KEYS
+            if a.get(k) != b.get(k) and _compared(k, a, b)]
 
 
 def one_line(exc: BaseException) -> str:

@@ -52,6 +52,10 @@ def _workloads(dtype):
 @pytest.mark.slow
 def test_fast_cache_key_equals_stock_key_over_whole_traces(family, dtype, monkeypatch):
     assert fakemode.FAST_KEY_SUPPORTED  # torch 2.13's TensorMetadata, as pinned in constraints/cpu.txt
+    monkeypatch.delenv(fakemode.FAST_SWITCH, raising=False)  # this test is about the fast key itself
+    # ...on this torch, whether or not its release is listed yet: this is the check that lists a release
+    release = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    monkeypatch.setattr(fakemode, "FAST_PATH_TORCH", (*fakemode.FAST_PATH_TORCH, release))
     monkeypatch.setattr(fakemode, "DryRunMode", _KeyCheckingMode)
     for wl in _workloads(dtype):
         if family == "gemma2" and wl.attention == "sdpa":
@@ -161,3 +165,37 @@ def test_unknown_tensor_metadata_turns_the_fast_key_off(monkeypatch):
         x = torch.empty(3, 5)
         assert tuple((x + 1).shape) == (3, 5)
     assert DryRunMode(fast_key=False).fast_key is False
+
+
+def test_fast_path_only_on_the_torch_releases_it_was_checked_on(monkeypatch):
+    monkeypatch.delenv(fakemode.FAST_SWITCH, raising=False)
+    assert fakemode.fast_path("2.13.0+cpu") == (True, "")
+    on, note = fakemode.fast_path("2.14.1+cu128")
+    assert not on and "torch 2.14.1+cu128" in note and "2.13" in note and "\n" not in note
+
+
+@pytest.mark.parametrize("value", ["0", "off", "false"])
+def test_the_switch_forces_the_stock_fallback(monkeypatch, value):
+    monkeypatch.setenv(fakemode.FAST_SWITCH, value)
+    on, note = fakemode.fast_path("2.13.0")
+    assert not on and fakemode.FAST_SWITCH in note
+    mode = DryRunMode()
+    assert not mode.fast_key and not mode.fast_view and mode.note == note
+
+
+def test_fallback_gives_the_fast_paths_numbers_and_says_so(monkeypatch):
+    wl = Workload(batch=2, prompt_len=8, new_tokens=3, dtype="fp32", attention="sdpa")
+    monkeypatch.delenv(fakemode.FAST_SWITCH, raising=False)
+    if not fakemode.fast_path()[0]:
+        pytest.skip("this torch has no fast path to compare with")
+    fast = build_model(load_spec(tiny("llama")), wl, "dry-run")
+    assert fast.fake_mode.fast_key and not any("fast fake-tensor" in n for n in fast.notes)
+    fast_record = run_point(fast, wl)
+    monkeypatch.setenv(fakemode.FAST_SWITCH, "0")
+    stock = build_model(load_spec(tiny("llama")), wl, "dry-run")
+    assert not stock.fake_mode.fast_key and any("MEMCAL_FAKEMODE_FAST=0" in n for n in stock.notes)
+    stock_record = run_point(stock, wl)
+    assert stock_record.ok, stock_record.message
+    for name in ("peak_tensor_bytes", "kv_cache_bytes", "activation_bytes", "weights_bytes"):
+        assert getattr(stock_record, name) == getattr(fast_record, name), name
+    assert any("MEMCAL_FAKEMODE_FAST=0" in n for n in stock_record.notes)

@@ -79,3 +79,13 @@ def test_real_weights_folder(tmp_path, capsys):
                "--json"])
     data = json.loads(capsys.readouterr().out)
     assert rc == 0 and data["status"] == "ok" and data["weights_bytes"] > 0
+
+
+def test_a_failed_measure_sets_no_errors_beside_the_formulas(config, capsys):
+    rc = main(["measure", config, "--device", "cpu", "--seq", "8", "--memory-cap", "1KiB"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "formulas  not compared: the point did not run to the end (oom)" in out
+    assert "err = (predicted - measured)" not in out
+    rc = main(["measure", config, "--device", "cpu", "--seq", "8", "--memory-cap", "1KiB", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert all(v is None for f in data["formulas"].values() for v in f["relative_error"].values())

@@ -68,3 +68,27 @@ def test_plan_cli(capsys):
     assert main(["plan", "meta-llama/Llama-3.1-8B", "--memory", "8GiB", "--seq", "512"]) == 1
     assert "nothing fits" in capsys.readouterr().out
     assert main(["plan", "gpt2", "--memory", "lots", "--seq", "512"]) == 2
+
+
+def test_the_verdict_says_what_was_checked():
+    from types import SimpleNamespace as M
+
+    from harness.analysis import Verification
+    ok, oom = M(status="ok", message=""), M(status="oom", message="cap")
+    assert Verification(ok, oom).verdict() == "confirmed: the planned point fits and the next step does not"
+    assert Verification(ok, None).verdict().startswith("confirmed: the planned point fits (no next step")
+    cannot = Verification(M(status="unsupported", message="dry run: reads data"), None)
+    assert not cannot.confirmed and cannot.verdict().startswith("NOT checked: the dry run could not run the planned")
+    assert Verification(ok, M(status="error", message="boom")).verdict().startswith("NOT checked")
+    disagrees = "NOT confirmed: the dry run disagrees with the plan (the next step fits too)"
+    assert Verification(ok, ok).verdict() == disagrees
+    assert "does not fit" in Verification(oom, oom).verdict()
+
+
+def test_plan_refuses_batch_0_and_warns_past_rotary_positions():
+    with pytest.raises(MemcalError, match="--batch must be a whole number of at least 1"):
+        plan(TINY, MEMORY, batch=0)
+    p = plan("meta-llama/Llama-3.1-8B", 80 * 2**30, seq=200_000)
+    assert p.warnings and "max_position_embeddings (131072)" in p.warnings[0]
+    with pytest.raises(MemcalError, match="learned positions|learned position"):
+        plan("gpt2", 2**30, seq=5000)

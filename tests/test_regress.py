@@ -147,7 +147,8 @@ def profile(bound: float, formula: str = "memcal") -> dict:
 def test_a_formula_past_its_profiles_bound_fails_the_gate(experiment, tmp_path, capsys):
     _, baseline = experiment
     tight, loose = tmp_path / "tight.json", tmp_path / "loose.json"
-    tight.write_text(json.dumps(profile(0.0001, "per-token")))  # a seed formula far from these peaks
+    # the tight bound on a seed formula: memcal's own is now exact on these tiny CPU points (0.00%)
+    tight.write_text(json.dumps(profile(0.0001, "per-token")))
     loose.write_text(json.dumps(profile(10.0)))
     base = ["regress", "--baseline", str(baseline), "--current", str(baseline), *EXACT, "--calibration"]
     assert main([*base, str(loose)]) == 0
@@ -282,3 +283,26 @@ def test_heldout_bound_and_labels_and_tolerance_parsing():
     for bad in ("2", "-1%", "two"):
         with pytest.raises(MemcalError):
             parse_tolerance(bad)
+
+
+def test_a_calibration_check_that_cannot_run_fails_the_gate():
+    from types import SimpleNamespace
+
+    base = results("b.jsonl", [record("p1"), record("p2")])
+    bound = {"memcal": {"in_sample": {"max": 0.5}}}
+    with_bound = SimpleNamespace(path="c.json", target="peak_tensor_bytes", formulas={"memcal": {}}, errors=bound,
+                                 data={})
+    no_bound = SimpleNamespace(path="n.json", target="peak_tensor_bytes", formulas={"memcal": {}}, errors={}, data={})
+    exact = compare(base, base, calibrations=[with_bound], predict=lambda r, c, f: r["peak_tensor_bytes"])
+    assert exact.verdict == "pass"
+    unknown = compare(base, base, calibrations=[with_bound], predict=lambda r, c, f: None)  # config unknown
+    assert unknown.verdict == "fail" and unknown.formula_checks[0].unchecked
+    assert "1 calibrated formulas could not be checked" in verdict_line(unknown)
+    assert compare(base, base, calibrations=[no_bound], predict=lambda r, c, f: 1).verdict == "fail"
+
+
+def test_missing_points_are_counted_apart_from_regressed_ones():
+    base = results("b.jsonl", [record("p1"), record("p2"), record("p3")])
+    cur = results("c.jsonl", [record("p1", peak=2000)])
+    line = verdict_line(compare(base, cur, thresholds=Thresholds(0, 0)))
+    assert line == "memcal regress: FAIL (1 of 1 points regressed; 2 baseline points missing from the current run)"

@@ -50,7 +50,7 @@ def test_round_trip_keeps_only_env_differences_on_disk(tmp_path):
 
 def test_create_refuses_to_overwrite(tmp_path):
     path = write(tmp_path / "r.jsonl", header(), [])
-    with pytest.raises(FileExistsError):
+    with pytest.raises(MemcalError, match="never overwrites"):  # one line, not a FileExistsError (issue 12)
         ResultsWriter.create(path, header())
 
 

@@ -94,7 +94,17 @@ def _resolve_specs(header: Mapping[str, Any], path: Path) -> dict[str, ModelSpec
     from estimator.catalogue import resolve
     wanted: dict[str, str] = dict(header.get("models") or {})
     found: dict[str, ModelSpec] = {}
+    kept = header.get("model_configs") or {}  # schema 2: the configs travel with the file
     for name, digest in wanted.items():
+        config = kept.get(name)
+        if isinstance(config, Mapping):
+            try:
+                spec = load_spec(dict(config), name)
+            except MemcalError:
+                continue
+            if _config_hash(spec) == digest:
+                found[name] = spec
+                continue
         if resolve(name) is not None:
             spec = load_spec(name)
             if _config_hash(spec) == digest:
@@ -171,7 +181,8 @@ def workload_of(record: Mapping[str, Any]) -> Workload:
 def measured_components(record: Mapping[str, Any], target: str = "tensor") -> dict[str, int | None]:
     """The measured counterpart of each formula component, in bytes (None where not measured)."""
     peak, weights, kv = record.get("peak_tensor_bytes"), record.get("weights_bytes"), record.get("kv_cache_bytes")
-    act = peak - weights - (kv or 0) if peak is not None and weights is not None else None
+    # a KV cache not measured leaves the activations unknown: never the KV folded into them as if it were 0
+    act = peak - weights - kv if peak is not None and weights is not None and kv is not None else None
     device, alloc = record.get("device"), record.get("peak_allocated_bytes")
     upper = {"cuda": record.get("peak_device_bytes"), "mps": record.get("peak_reserved_bytes")}.get(device)
     if device in ("cuda", "mps"):

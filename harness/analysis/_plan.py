@@ -45,6 +45,7 @@ class Plan:
     calibration: str = ""             # the profile's name, if one was applied
     cuda: Any = None                  # with a GPU: estimator.cuda.target.CudaTotals at the planned point (or at 1)
     next_cuda: Any = None             # ... and one step further
+    warnings: tuple[str, ...] = ()    # e.g. a prompt past a rotary model's max_position_embeddings
 
     @property
     def fits(self) -> bool:
@@ -58,7 +59,7 @@ class Plan:
                 "workload": wl(self.workload), "breakdown": self.breakdown.to_dict() if self.breakdown else None,
                 "next_workload": wl(self.next_workload),
                 "next_total_bytes": self.next_breakdown.total_bytes if self.next_breakdown else None,
-                "limit": self.limit,
+                "limit": self.limit, "warnings": list(self.warnings),
                 **({"cuda": self.cuda.to_dict() if self.cuda else None,
                     "next_cuda": self.next_cuda.to_dict() if self.next_cuda else None} if self.cuda or self.next_cuda
                    else {})}
@@ -83,8 +84,20 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
                           "(one of them)")
     if memory_bytes <= 0:
         raise MemcalError(f"--memory must be positive, got {memory_bytes}")
+    for flag, value in (("--batch", batch), ("--seq", seq)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise MemcalError(f"{flag} must be a whole number of at least 1, got {value!r}")
     spec = load_spec(model)
     axis = "batch" if seq is not None else "seq"
+    notes: list[str] = []
+    positions = spec.max_position_embeddings
+    if seq is not None and positions and seq + workload_fields.get("new_tokens", 0) > positions:
+        total = seq + workload_fields.get("new_tokens", 0)
+        if spec.learned_positions:
+            raise MemcalError(f"unsupported: {total} positions pass {spec.name}'s {positions} learned position "
+                              "embeddings (a hard limit: the model cannot run it)")
+        notes.append(f"{total} positions pass {spec.name}'s max_position_embeddings ({positions}): rotary "
+                     "positions extrapolate; memory is planned, output quality is not")
     base = Workload(batch=batch or 1, prompt_len=seq or 1, **workload_fields)
     if axis == "batch":
         limit = max_batch
@@ -126,7 +139,7 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
     name = profile.name if profile else ""
     if not fits(1):
         return Plan(spec, memory_bytes, axis, formula, None, None, None, _at(base, axis, 1), predicted(1), limit, name,
-                    None, on_gpu(1))
+                    None, on_gpu(1), tuple(notes))
     lo, hi = 1, 2
     while hi <= limit and fits(hi):
         lo, hi = hi, hi * 2
@@ -137,7 +150,7 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
     nxt = lo + 1 if lo < limit else None
     return Plan(spec, memory_bytes, axis, formula, lo, _at(base, axis, lo), predicted(lo),
                 _at(base, axis, nxt) if nxt else None, predicted(nxt) if nxt else None, limit, name,
-                on_gpu(lo), on_gpu(nxt) if nxt else None)
+                on_gpu(lo), on_gpu(nxt) if nxt else None, tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -156,10 +169,28 @@ class Verification:
         return None if self.next is None else self.next.status == "oom"
 
     @property
+    def ran(self) -> bool:
+        """Every point the check needed ran to an answer (ok or oom): else nothing was checked."""
+        return all(m is None or m.status in ("ok", "oom") for m in (self.planned, self.next))
+
+    def verdict(self) -> str:
+        """One line: confirmed, NOT confirmed (with what disagrees), or NOT checked (with why)."""
+        for what, m in (("planned point", self.planned), ("next step", self.next)):
+            if m is not None and m.status not in ("ok", "oom"):
+                return f"NOT checked: the dry run could not run the {what} ({m.status}: {m.message})"
+        if not self.confirmed:
+            what = ("the planned point does not fit" if not self.planned_fits and self.planned is not None
+                    else "the next step fits too")
+            return f"NOT confirmed: the dry run disagrees with the plan ({what})"
+        if self.next is None and self.planned is not None:
+            return "confirmed: the planned point fits (no next step to check: the search limit)"
+        return "confirmed: the planned point fits and the next step does not"
+
+    @property
     def confirmed(self) -> bool:
         """The planned point fits and the next step does not (or there is none); with no planned point
         (not even 1 fits), the first step does not fit either."""
-        return (self.planned is None or self.planned_fits) and self.next_fails is not False
+        return self.ran and (self.planned is None or self.planned_fits) and self.next_fails is not False
 
 
 def verify(p: Plan) -> Verification:
@@ -207,6 +238,7 @@ def plan_text(p: Plan, check: Verification | None = None, unit: str = "GiB") -> 
             need = p.next_cuda.device_bytes if p.next_cuda is not None else p.next_breakdown.total_bytes
             lines.append(f"next      {step} needs {human(need, unit)} {unit} "
                          f"({need - p.memory_bytes:+,} bytes over)")
+    lines += [f"warning   {w}" for w in p.warnings]
     if check is not None:
         def word(m):
             if m is None:
@@ -215,6 +247,5 @@ def plan_text(p: Plan, check: Verification | None = None, unit: str = "GiB") -> 
                                     f": {m.message}" if m.message else "")
         lines.append(f"dry run   planned point: {word(check.planned)}")
         lines.append(f"dry run   next step: {word(check.next)}")
-        lines.append("verdict   " + ("confirmed: the planned point fits and the next step does not" if check.confirmed
-                                     else "NOT confirmed: the dry run disagrees with the plan"))
+        lines.append("verdict   " + check.verdict())
     return "\n".join(lines)

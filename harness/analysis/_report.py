@@ -367,6 +367,7 @@ def write_report(rep: Report, out: str | Path, *, force: bool = False) -> dict[s
     """Write report.md, report.html (figures embedded) and the tables into the folder ``out``; refuses to
     overwrite unless ``force``."""
     out = Path(out)
+    _check_folder(out)
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
     if not force and any(p.exists() for p in paths.values()):
         raise MemcalError(f"{out}: holds a report already; pass --force to overwrite it")
@@ -378,10 +379,23 @@ def write_report(rep: Report, out: str | Path, *, force: bool = False) -> dict[s
     return paths
 
 
+def _check_folder(out: Path) -> None:
+    """The report is a folder: refuse a path that is a file (even with --force: it is not a report)."""
+    if out.exists() and not out.is_dir():
+        raise MemcalError(f"{out}: is a file, not a folder; a report is a folder (report.md, report.html, tables): "
+                          "pick another --out")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MemcalError(f"{out}: cannot be created: {parent} is a file")
+            break
+
+
 def report(results: Iterable[str | Path], *, out: str | Path, calibration: Any = None,
            formulas: Iterable[str] | None = None, settings: FitSettings | None = None, name: str | None = None,
            force: bool = False) -> dict[str, Path]:
     """`memcal report` as a function: build the report and write it; returns the written paths."""
+    _check_folder(Path(out))  # before the work
     rep = build_report(results, calibration=calibration, formulas=formulas, settings=settings,
                        name=name or Path(out).name)
     return write_report(rep, out, force=force)

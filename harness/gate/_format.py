@@ -47,10 +47,17 @@ def verdict_line(result: GateResult) -> str:
     head = f"memcal regress: {_TITLES[result.verdict]}"
     if result.verdict == "not-comparable":
         return f"{head} ({'; '.join(result.reasons)})"
-    parts = [f"{len(result.regressions)} of {result.compared} points regressed"]
+    regressed = [c for c in result.regressions if c.kind != "missing"]
+    missing = len({c.point_id for c in result.regressions if c.kind == "missing"})
+    parts = [f"{len({c.point_id for c in regressed})} of {result.compared} points regressed"]
+    if missing:  # not regressed: not measured now at all (each fails the gate all the same)
+        parts.append(f"{missing} baseline points missing from the current run")
     if result.formula_checks:
         parts.append(f"{len(result.failed_formulas)} of {len(result.formula_checks)} calibrated formulas "
                      "past their profile's bound")
+        unchecked = sum(1 for f in result.formula_checks if f.unchecked)
+        if unchecked:
+            parts.append(f"{unchecked} calibrated formulas could not be checked")
     return f"{head} ({'; '.join(parts)})"
 
 

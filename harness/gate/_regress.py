@@ -19,7 +19,9 @@ The rules, in order:
   any growth fails. Shrinking is reported, never failed.
 * **Calibration.** For each calibration profile, the calibrated formula's absolute relative error on
   the current ok points (against the profile's target metric) must stay within the bound the profile
-  recorded (`heldout_bound`: its held-out, out-of-fold and in-sample maxima).
+  recorded (`heldout_bound`: its held-out, out-of-fold and in-sample maxima). A check that was asked
+  for and could not run (no bound in the profile, no point to check, a point whose model config is
+  unknown) fails the gate: it never passes silently.
 
 Repeats of one point are folded: the point is ok only if every repeat is, and a metric's value is
 the largest over the repeats (conservative for a noisy GPU number, exact for a deterministic one).
@@ -110,10 +112,17 @@ class FormulaCheck:
     worst_point: str = ""
     points: int = 0
     note: str = ""
+    unknown: int = 0                 # current ok points the formula could not predict (model config unknown)
 
     @property
     def failed(self) -> bool:
         return self.bound is not None and self.max_error is not None and self.max_error > self.bound
+
+    @property
+    def unchecked(self) -> bool:
+        """Asked for, but not (fully) checked: no bound, no point, or points without a prediction. The
+        gate fails on it: a check that could not run never passes."""
+        return self.bound is None or self.points == 0 or self.unknown > 0
 
 
 @dataclass(frozen=True)
@@ -269,7 +278,7 @@ def _check_formula(calibration: Any, formula: str, records: Sequence[Mapping], p
     note = f"{unknown} points without a prediction (model config unknown)" if unknown else ""
     if n == 0:
         note = "no current ok points to check" + (f"; {note}" if note else "")
-    return dataclasses.replace(check, max_error=worst, worst_point=worst_label, points=n, note=note)
+    return dataclasses.replace(check, max_error=worst, worst_point=worst_label, points=n, note=note, unknown=unknown)
 
 
 def _profile_devices(calibration: Any) -> set[str]:
@@ -326,7 +335,7 @@ def compare(baseline: ResultsFile, current: ResultsFile, *, thresholds: Threshol
         if predict is None:
             raise ValueError("calibrations need a predict function")
         checks = check_calibrations(calibrations, current.records, predict)
-    failed = any(c.regression for c in changes) or any(f.failed for f in checks)
+    failed = any(c.regression for c in changes) or any(f.failed or f.unchecked for f in checks)
     order = {"status": 0, "missing": 1, "grew": 2, "unmeasured": 3, "shrank": 4, "new": 5}
     changes.sort(key=lambda c: (not c.regression, order[c.kind], -abs(c.relative or 0.0), c.label))
     return dataclasses.replace(base, verdict="fail" if failed else "pass", compared=compared,

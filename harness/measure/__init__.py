@@ -16,7 +16,7 @@ The record itself, `harness.Measurement`, lives in the top package: every subpac
 from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason, weight_tensors
 from ._devices import STRATEGIES, Placement, VirtualDevices, device_placement, parse_max_memory
 from ._env import capture, git_info
-from ._fakemode import FAST_KEY_SUPPORTED, DryRunMode
+from ._fakemode import FAST_KEY_SUPPORTED, DryRunMode, fast_path
 from ._format import measurement_json, measurement_text
 from ._measure import build_failure, measure, record_status, run_point
 from ._meta import meta_layout
@@ -26,8 +26,8 @@ from ._protocol import Session, measuring, settle
 from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
-__all__ = ["FAST_KEY_SUPPORTED", "STRATEGIES", "TORCH_DTYPES", "BuiltModel", "Placement", "VirtualDevices",
-           "device_placement", "parse_max_memory", "KnownValues", "CpuProbe", "CudaProbe",
+__all__ = ["FAST_KEY_SUPPORTED", "fast_path", "STRATEGIES", "TORCH_DTYPES", "BuiltModel", "Placement",
+           "VirtualDevices", "device_placement", "parse_max_memory", "KnownValues", "CpuProbe", "CudaProbe",
            "DryRunMode", "DryRunProbe",
            "MpsProbe", "Probe", "Session", "Snapshot", "StorageTracker", "build_failure", "build_model",
            "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "measure",

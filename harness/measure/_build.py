@@ -100,6 +100,9 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str 
     """One line saying why the harness cannot run this point, or None. Estimate-only settings end here."""
     if workload.is_gguf:
         return f"GGUF {workload.weights} weights are estimate-only: the harness runs transformers models"
+    reason = positions_reason(spec, workload)
+    if reason:
+        return reason
     reason = quant_build.unsupported(spec, workload, device)  # a config's own quantization_config (issue 15)
     if reason:
         return reason
@@ -119,6 +122,26 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str 
         if device != "cuda":
             return "flash attention runs on CUDA only"
     return _record_refusal(spec, workload)
+
+
+def positions_reason(spec: ModelSpec, workload: Workload) -> str | None:
+    """Why a workload longer than a learned position table cannot run (the real run's embedding lookup
+    raises IndexError; a dry run would say ok), or None. Rotary models have no table: past their
+    max_position_embeddings they run, extrapolating, and `positions_note` says so."""
+    limit = spec.max_position_embeddings
+    if limit and spec.learned_positions and workload.total_len > limit:
+        return (f"{workload.total_len} positions (prompt {workload.prompt_len} + {workload.new_tokens} new) pass "
+                f"{spec.name}'s {limit} learned positions (a real run fails with an index error)")
+    return None
+
+
+def positions_note(spec: ModelSpec, workload: Workload) -> str | None:
+    """A note for a rotary model run past its max_position_embeddings (it runs; quality is another matter)."""
+    limit = spec.max_position_embeddings
+    if limit and not spec.learned_positions and workload.total_len > limit:
+        return (f"{workload.total_len} positions pass {spec.name}'s max_position_embeddings ({limit}): "
+                "rotary positions extrapolate (memory is what it is; outputs are not what the model was trained for)")
+    return None
 
 
 def _record_refusal(spec: ModelSpec, workload: Workload) -> str | None:
@@ -203,6 +226,8 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
             notes.append("dry run: the weights folder gives the config only; weights are fake")
         from ._fakemode import DryRunMode
         fake_mode = DryRunMode()
+        if getattr(fake_mode, "note", ""):  # the stock mode (benchmarks, tests) has none
+            notes.append(fake_mode.note)
         model = _random(_config(spec, workload), workload, torch_device, fake_mode)
     elif weights_path is not None:
         _check_folder(Path(weights_path))

@@ -17,6 +17,11 @@ from typing import Any
 _REPO = Path(__file__).resolve().parents[2]  # the checkout: harness/measure/_env.py -> ../../..
 
 
+def library_version(module: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    return _version(module)
+
+
 def _version(module: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -37,6 +42,30 @@ def git_info() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+# CPU features that change what a CPU run allocates or which kernel it takes: bitsandbytes' 4-bit CPU
+# kernel repacks weights only with AVX512-BF16 (memcal's formula follows it), oneDNN takes AMX paths.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's model name and which of `CPU_FLAGS` it has (Linux: /proc/cpuinfo; else what platform says)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    model, flags = None, None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and flags is None:
+            have = set(value.split())
+            flags = [f for f in CPU_FLAGS if f in have]
+    return {"cpu_model": model or platform.processor() or None, "cpu_flags": flags}
 
 
 def _total_ram() -> int | None:
@@ -92,6 +121,7 @@ def capture(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
+        **cpu_info(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -26,12 +26,19 @@ one (which makes a dry run compute what a real CPU run computes) leave what it c
   `aten.view(x, size)`: asking for `view` directly gives the same tensor on the same storage from
   the cache. The tracker still sees the op as `_unsafe_view`.
 
+The fast path (the cache key and the `_unsafe_view` answer) re-implements private torch code, so it is
+on only for the torch versions whose traces tests/test_fakemode.py compares op by op
+(`FAST_PATH_TORCH`); on any other torch, or with ``MEMCAL_FAKEMODE_FAST=0`` (CI runs the dry-run tests
+that way too), the mode computes exactly as the stock FakeTensorMode does and the build notes it in
+one line (`fast_path()`). The tracker and the grouped_mm rule stay on: they decide what is counted.
+
 Before/after figures: docs/performance.md.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -40,7 +47,11 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, TensorMeta
 
 from ._experts import GROUPED_MM, fake_grouped_mm
 
-__all__ = ["DryRunMode", "FAST_KEY_SUPPORTED"]
+__all__ = ["DryRunMode", "FAST_KEY_SUPPORTED", "FAST_PATH_TORCH", "fast_path"]
+
+# The torch releases (major.minor) whose cache keys tests/test_fakemode.py compares with the stock ones.
+FAST_PATH_TORCH = ("2.13",)
+FAST_SWITCH = "MEMCAL_FAKEMODE_FAST"  # "0": the stock way on every torch (CI exercises the fallback)
 
 # The fields of torch's TensorMetadata, in the order the fast key writes them (torch 2.13).
 _KNOWN_FIELDS = ("dtype", "shape", "stride", "device", "layout", "memory_format", "storage_offset",
@@ -59,6 +70,20 @@ _VIEW = torch.ops.aten.view.default
 _READ = torch.ops.aten._local_scalar_dense.default
 
 
+def fast_path(torch_version: str | None = None) -> tuple[bool, str]:
+    """(on, note): whether the fast path is on for this torch, and if not, the one line that says why."""
+    version = torch_version or torch.__version__
+    release = ".".join(version.split("+")[0].split(".")[:2])
+    if os.environ.get(FAST_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False, f"dry run: fast fake-tensor path off ({FAST_SWITCH}=0): stock FakeTensorMode keys"
+    if release not in FAST_PATH_TORCH:
+        return False, (f"dry run: torch {version} is not a release the fast fake-tensor path was checked on "
+                       f"({', '.join(FAST_PATH_TORCH)}): stock FakeTensorMode keys (same numbers, slower)")
+    if not FAST_KEY_SUPPORTED:
+        return False, "dry run: torch's TensorMetadata has unknown fields: stock FakeTensorMode keys"
+    return True, ""
+
+
 class _Unusual(Exception):
     """An argument the fast key does not handle: build this key the stock way."""
 
@@ -68,7 +93,9 @@ class DryRunMode(FakeTensorMode):
 
     def __init__(self, *args: Any, fast_key: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fast_key = fast_key and FAST_KEY_SUPPORTED and self.shape_env is None
+        on, self.note = fast_path()
+        self.fast_key = fast_key and on and self.shape_env is None
+        self.fast_view = on
         self._tracker = None
         self._inside = False
         self._values = None
@@ -135,7 +162,7 @@ class DryRunMode(FakeTensorMode):
         return out
 
     def _tracked(self, func, types, args, kwargs):
-        tracker, asked = self._tracker, _VIEW if func is _UNSAFE_VIEW else func
+        tracker, asked = self._tracker, _VIEW if func is _UNSAFE_VIEW and self.fast_view else func
         if tracker is None or self._inside:  # building, or an op of the mode's own decompositions
             return self._run(asked, types, args, kwargs)
         self._inside = True

@@ -52,7 +52,8 @@ def compare(record: Measurement, estimate: Any) -> list[FormulaComparison]:
     for fid, b in (estimate.breakdowns.items() if estimate is not None else ()):
         predicted = {"weights": b.weights_bytes, "kv_cache": b.kv_cache_bytes, "activation": b.activation_bytes,
                      "total": b.total_bytes}
-        errors = {k: relative_error(predicted[k], measured[k]) for k in COMPONENTS}
+        # a point that did not run to the end (oom, timeout, error…) measured nothing to compare with
+        errors = {k: relative_error(predicted[k], measured[k]) if record.ok else None for k in COMPONENTS}
         out.append(FormulaComparison(fid, predicted, errors))
     return out
 
@@ -127,7 +128,10 @@ def measurement_text(record: Measurement, estimate: Any = None, unit: str | None
     if record.devices:
         lines += _devices_table(record, device_shares, unit)
     comparisons = compare(record, estimate)
-    if comparisons:
+    if comparisons and not record.ok:
+        lines += ["", f"formulas  not compared: the point did not run to the end ({record.status}); "
+                      "`memcal estimate` gives their predictions"]
+    elif comparisons:
         measured = measured_beside_formulas(record)
         header = ["formula", "weights", "err", "KV", "err", "activations", "err", "total", "err"]
         rows = [["measured", *sum(([_size(measured[k], unit), ""] for k in COMPONENTS), [])]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -26,17 +26,20 @@ from estimator.workload import Workload
 from .._common import one_line
 from .._record import Measurement
 from . import _env as env_mod
-from ._build import TORCH_DTYPES, BuiltModel, build_model, unsupported_reason
+from ._build import TORCH_DTYPES, BuiltModel, build_model, positions_note, unsupported_reason
 from ._cuda_target import CudaTargetTracker
 from ._decode import DecodeMismatch
 from ._devices import VirtualDevices, attach_hooks, track_weights
-from ._isolate import call_in_fresh_process
-from ._phases import cache_bytes, make_inputs, run_phase
+from ._isolate import call_in_fresh_process, exit_text
+from ._phases import CACHE_NAMES, cache_bytes, make_inputs, run_phase
+from ._precheck import check_fits
 from ._probes import CudaProbe, Probe, get_probe
 from ._protocol import measuring, settle
 from ._tracker import StorageTracker
 
-__all__ = ["measure", "run_point", "build_failure", "record_status"]
+__all__ = ["measure", "run_point", "build_failure", "record_status", "ISOLATE_GRACE_S"]
+
+ISOLATE_GRACE_S = 600.0  # an isolated child's deadline past its time limit: start-up and the build
 
 
 def record_status(spec: ModelSpec, workload: Workload, device: str, status: str, message: str,
@@ -50,7 +53,8 @@ def record_status(spec: ModelSpec, workload: Workload, device: str, status: str,
 def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: int | None = None,
             weights_path: str | None = None, trust_remote_code: bool = False, isolate: bool = False,
             keep_trace: bool = False, gpu: Any = None, cuda_env: dict | None = None,
-            placement: Any = None, extrapolate: bool = True) -> Measurement:
+            placement: Any = None, extrapolate: bool = True, time_limit_s: float | None = None,
+            precheck: bool = True, progress: Callable[[int], None] | None = None) -> Measurement:
     """Build the model and measure one workload on `device` (cpu, dry-run, cuda, mps).
 
     ``gpu`` (a GPU profile, table name or JSON file; dry-run only): the CUDA target, whose predicted
@@ -58,6 +62,10 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
     ``cuda_env``: the environment variables it reads (PYTORCH_CUDA_ALLOC_CONF, CUBLAS_WORKSPACE_CONFIG).
     ``placement`` (`harness.measure.device_placement`) splits the model over GPUs: the record then
     holds a peak per device (``devices``) beside the totals. ``extrapolate``: see `run_point`.
+    Before building on a real device (``precheck``), memcal's own prediction is set against the
+    memory cap (weights past it: an oom record, nothing built) and the device's free memory (the
+    whole prediction past it: MemcalError, with the numbers). ``time_limit_s`` bounds a generate
+    (`run_point`); with ``isolate`` the child also gets a deadline of the limit plus `ISOLATE_GRACE_S`.
     """
     spec = load_spec(model)
     gpu = _gpu(gpu, device)
@@ -66,14 +74,19 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
     if placement is not None and gpu is not None:
         raise MemcalError("--gpu (the CUDA target) with a device map over several GPUs is not supported yet")
     if isolate:
-        return _measure_isolated(spec, workload, device=device, memory_cap=memory_cap,
+        deadline = time_limit_s + ISOLATE_GRACE_S if time_limit_s else None
+        return _measure_isolated(spec, workload, timeout_s=deadline, device=device, memory_cap=memory_cap,
                                  weights_path=weights_path, trust_remote_code=trust_remote_code,
                                  gpu=dataclasses.asdict(gpu) if gpu else None, cuda_env=cuda_env,
-                                 extrapolate=extrapolate)
+                                 extrapolate=extrapolate, time_limit_s=time_limit_s, precheck=precheck)
     probe = get_probe(device, gpus=placement.gpus if placement is not None else 1)
     reason = probe.unavailable() or unsupported_reason(spec, workload, device)
     if reason:
         return record_status(spec, workload, device, "unsupported", reason)
+    if precheck and device != "dry-run":
+        refusal = check_fits(spec, workload, device, memory_cap)
+        if refusal is not None:
+            return record_status(spec, workload, device, "oom", refusal, memory_cap_bytes=memory_cap)
     with _gc_frozen(collect=not probe.fake):
         try:
             built = build_model(spec, workload, device, weights_path=weights_path,
@@ -86,7 +99,8 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
         gc.freeze()  # the model too: the protocol's collections only look at the run's own objects
         try:
             record = run_point(built, workload, memory_cap=memory_cap, probe=probe, keep_trace=keep_trace,
-                               gpu=gpu, cuda_env=cuda_env, extrapolate=extrapolate)
+                               gpu=gpu, cuda_env=cuda_env, extrapolate=extrapolate, time_limit_s=time_limit_s,
+                               progress=progress)
         finally:
             del built
     # a real device's memory goes back now; fake tensors hold none: their cycles wait for the next collection
@@ -134,21 +148,28 @@ def _measure_child(config: dict, name: str, workload: dict, kwargs: dict) -> dic
     return measure(load_spec(config, name), Workload(**workload), **kwargs).to_dict()
 
 
-def _measure_isolated(spec: ModelSpec, workload: Workload, **kwargs: Any) -> Measurement:
-    """`measure` in a fresh process; a child that dies becomes an error record."""
+def _measure_isolated(spec: ModelSpec, workload: Workload, timeout_s: float | None = None,
+                      **kwargs: Any) -> Measurement:
+    """`measure` in a fresh process; a child that dies becomes a crashed record, one that outlives
+    ``timeout_s`` (killed) a timeout record. Never waits on a dead child."""
     kind, payload, code = call_in_fresh_process(_measure_child, dict(spec.config), spec.name,
-                                                dataclasses.asdict(workload), kwargs)
+                                                dataclasses.asdict(workload), kwargs, timeout_s=timeout_s)
     if kind == "ok":
         return Measurement.from_dict(payload)
     if kind == "raise":
         raise MemcalError(payload.splitlines()[0])
-    return record_status(spec, workload, kwargs.get("device", "cpu"), "error",
-                         f"the measuring process died (exit code {code})")
+    device = kwargs.get("device", "cpu")
+    if kind == "timeout":
+        return record_status(spec, workload, device, "timeout",
+                             f"the measuring process gave no answer within {timeout_s:g} s (killed)")
+    return record_status(spec, workload, device, "crashed",
+                         f"the measuring process died without an answer ({exit_text(code)})")
 
 
 def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None = None, probe: Probe | None = None,
               keep_trace: bool = False, tracker_out: list | None = None, gpu: Any = None,
-              cuda_env: dict | None = None, extrapolate: bool = True) -> Measurement:
+              cuda_env: dict | None = None, extrapolate: bool = True, time_limit_s: float | None = None,
+              progress: Callable[[int], None] | None = None) -> Measurement:
     """Run one workload on an already built model, under the protocol; return its record.
 
     ``tracker_out``, if given, receives the StorageTracker (its trace, with ``keep_trace``).
@@ -156,6 +177,8 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     (harness/measure/_decode.py; the record's notes say so); False traces every step, and so does a
     run that keeps its trace (``keep_trace``: every event, to compare with another run's), a CUDA
     target's or a split model's (their trackers count more than storages).
+    ``time_limit_s`` stops a generate that runs longer: a timeout record (its peak so far kept);
+    ``progress(forwards)`` follows a generate (`run_phase`).
     """
     if not built.fits(workload):
         raise MemcalError(f"the built model runs {built.dtype}/{built.weights}/{built.attention}; "
@@ -173,7 +196,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
     input_ids = make_inputs(built, workload)
     notes = list(built.notes)
-    run = _Run(built, workload, probe, memory_cap, keep_trace, tracker_out, gpu, cuda_env)
+    run = _Run(built, workload, probe, memory_cap, keep_trace, tracker_out, gpu, cuda_env, time_limit_s, progress)
     status, message, output, session = run(input_ids, extrapolate and not keep_trace)
     if status == "mismatch":  # the decode extrapolation disagreed with the trace: measure it in full
         notes.append(f"dry-run generate: every decode step traced ({message})")
@@ -184,6 +207,16 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         return record_status(spec, workload, device, "oom", message, baseline_bytes=run.tracker.live_bytes,
                              peak_tensor_bytes=run.tracker.live_bytes, **common)
     kv = cache_bytes(output.cache) if output is not None else None
+    if (status == "ok" and time_limit_s and output is not None and workload.phase == "generate"
+            and output.output_len < workload.total_len):
+        status, message = "timeout", (f"stopped by the time limit ({time_limit_s:g} s) after "
+                                      f"{output.output_len - workload.prompt_len} of {workload.new_tokens} new tokens")
+    if status == "ok" and kv is None:  # never a silent zero: the KV term would land in the activations
+        version = env_mod.library_version("transformers")
+        status, message = "error", (f"{workload.phase} ran but memcal found no KV cache (read as "
+                                    f"{' or '.join(CACHE_NAMES)}; transformers {version}): not counted as zero")
+    if positions_note(spec, workload):
+        notes.append(positions_note(spec, workload))
     if device == "dry-run" and spec.is_moe and status != "ok":
         notes.append("dry-run MoE: transformers' eager experts read routing counts; its grouped_mm path (the default) "
                      "does not")
@@ -209,10 +242,11 @@ class _Run:
     status "mismatch" when the decode extrapolation raised DecodeMismatch (harness/measure/_decode.py)."""
 
     def __init__(self, built: BuiltModel, workload: Workload, probe: Probe, memory_cap: int | None,
-                 keep_trace: bool, tracker_out: list | None, gpu: Any = None, cuda_env: dict | None = None) -> None:
+                 keep_trace: bool, tracker_out: list | None, gpu: Any = None, cuda_env: dict | None = None,
+                 time_limit_s: float | None = None, progress: Callable[[int], None] | None = None) -> None:
         self.built, self.workload, self.probe = built, workload, probe
         self.memory_cap, self.keep_trace, self.tracker_out = memory_cap, keep_trace, tracker_out
-        self.gpu, self.cuda_env = gpu, cuda_env
+        self.gpu, self.cuda_env, self.time_limit_s, self.progress = gpu, cuda_env, time_limit_s, progress
         self.tracker: StorageTracker | None = None
         self.split: _Split | None = None
 
@@ -235,7 +269,8 @@ class _Run:
         status, message, output, session = "ok", "", None, None
         try:
             with measuring(self.probe, tracker) as session, (split or contextlib.nullcontext()):
-                output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate)
+                output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate,
+                                   time_limit_s=self.time_limit_s, progress=self.progress)
         except DecodeMismatch as exc:
             return "mismatch", one_line(exc), None, None
         except torch.OutOfMemoryError as exc:

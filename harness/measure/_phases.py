@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from unittest import mock
@@ -37,7 +38,7 @@ from ._decode import DecodeExtrapolator
 from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
-__all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput"]
+__all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput", "CACHE_NAMES"]
 
 # Bool reductions whose answer is known for a well-formed unpadded prompt: "is every mask entry 1?"
 _TRUE_WHEN_WELL_FORMED = {"all"}
@@ -136,10 +137,11 @@ class ScalarOracle(TorchDispatchMode):
         return out
 
 
-def _stop_check_patch(total_len: int, step_end: Callable[[int], int] | None = None):
-    """generate's stop check, answered from the token count; it allocates what the real one does.
-    ``step_end(length)``, if given, is called at the end of every iteration of the decoding loop (the
-    decode extrapolation's hook, harness/measure/_decode.py) and returns the length after it."""
+def _stop_check_patch(total_len: int, step_end: Callable[[int], int] | None = None, deadline: float | None = None):
+    """generate's stop check, answered from the token count (or the time limit, past `deadline`, a
+    time.monotonic() value); it allocates what the real one does. ``step_end(length)``, if given, is
+    called at the end of every iteration of the decoding loop (the decode extrapolation's hook,
+    harness/measure/_decode.py) and returns the length after it."""
     from transformers.generation import utils as gen_utils
     if not hasattr(gen_utils, "StopCheck"):
         raise MemcalError("dry-run generate needs transformers' StopCheck (transformers >= 5.20)")
@@ -149,7 +151,7 @@ def _stop_check_patch(total_len: int, step_end: Callable[[int], int] | None = No
         del flag
         if step_end is not None:
             length = step_end(length)
-        return length >= total_len
+        return length >= total_len or (deadline is not None and time.monotonic() > deadline)
     return mock.patch.object(gen_utils.StopCheck, "__call__", stop)
 
 
@@ -166,7 +168,8 @@ def _quiet_transformers():
 
 
 def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
-                    extrapolator: DecodeExtrapolator | None = None) -> contextlib.AbstractContextManager:
+                    extrapolator: DecodeExtrapolator | None = None,
+                    deadline: float | None = None) -> contextlib.AbstractContextManager:
     """Entered inside the fake mode, for a dry run: the values known from shapes (harness/measure/_values.py)
     and, for generate, the stop check and the well-formed answers. A known value wins over an answer.
     The prompt is known as a well-formed one: no special token in it (the ids are one ordinary token,
@@ -179,22 +182,46 @@ def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tens
     if built.fake_mode is not None and workload.phase == "generate":
         if extrapolator is not None:
             stack.enter_context(extrapolator.watching())
-        stack.enter_context(_stop_check_patch(workload.total_len, extrapolator and extrapolator.step_end))
+        stack.enter_context(_stop_check_patch(workload.total_len, extrapolator and extrapolator.step_end, deadline))
         oracle = ScalarOracle(values)
         stack.enter_context(built.fake_mode.answering(oracle) if values is not None else oracle)
     return stack
 
 
-class _CacheCatcher:
-    """Forward pre-hook that keeps the cache generate passes in (generate does not return it)."""
+# The name under which transformers passes the cache to a forward and returns it: `past_key_values` up
+# to 5.23, `cache` from 5.24. Both are read; a run that leaves neither is an error (harness/measure/_measure.py),
+# never a zero or a silent None.
+CACHE_NAMES = ("past_key_values", "cache")
 
-    def __init__(self) -> None:
+
+def _cache_of(mapping_or_output: Any) -> Any:
+    """The cache in a forward's kwargs (a dict) or in its output (a ModelOutput), under either name."""
+    for name in CACHE_NAMES:
+        if isinstance(mapping_or_output, dict):
+            value = mapping_or_output.get(name)
+        else:
+            value = getattr(mapping_or_output, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+class _CacheCatcher:
+    """Forward pre-hook that keeps the cache generate passes in (generate does not return it), and
+    counts the forwards for `progress(step)` (Python only: nothing allocated, nothing synchronised)."""
+
+    def __init__(self, progress: Callable[[int], None] | None = None) -> None:
         self.cache = None
+        self.steps = 0
+        self.progress = progress
 
     def __call__(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = _cache_of(kwargs)
         if cache is not None:
             self.cache = cache
+        self.steps += 1
+        if self.progress is not None:
+            self.progress(self.steps)
 
 
 def _extrapolator(built: BuiltModel, workload: Workload) -> DecodeExtrapolator | None:
@@ -208,31 +235,39 @@ def _extrapolator(built: BuiltModel, workload: Workload) -> DecodeExtrapolator |
     return DecodeExtrapolator(tracker, built.model, workload.new_tokens, workload.prompt_len)
 
 
-def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
-              extrapolate: bool = True) -> PhaseOutput:
-    """Run the workload's phase; call inside the measurement protocol. A dry-run generate computes the
-    periodic decode steps in closed form unless ``extrapolate`` is False (harness/measure/_decode.py:
-    it raises `DecodeMismatch` when the run disagrees with its pattern; the caller then runs the full trace)."""
+def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor, extrapolate: bool = True, *,
+              time_limit_s: float | None = None, progress: Callable[[int], None] | None = None) -> PhaseOutput:
+    """Run the workload's phase; call inside the measurement protocol.
+
+    A dry-run generate computes the periodic decode steps in closed form unless ``extrapolate`` is
+    False (harness/measure/_decode.py: it raises `DecodeMismatch` when the run disagrees with its
+    pattern; the caller then runs the full trace). ``time_limit_s`` bounds a generate: it stops
+    (transformers' ``max_time``; in a dry run the stop check) and `PhaseOutput.output_len` falls short
+    of the workload's length, which the record says. ``progress(forwards)`` is called once per forward
+    of a generate (one per token after the prefill).
+    """
     model = built.model
     with torch.no_grad(), _quiet_transformers():
         if workload.phase == "prefill":
             with dry_run_context(built, workload, input_ids):
                 out = model(input_ids=input_ids, attention_mask=None, use_cache=True)
-            cache = out.past_key_values
+            cache = _cache_of(out)
             del out  # the logits were live at the peak; the cache lives on in `cache`
             return PhaseOutput(cache, input_ids.shape[1])
         # transformers sizes a static cache to the largest length any earlier generate call asked for
         # (to avoid recompiles): each point must get the cache its own workload needs.
         model.__dict__.pop("_previous_max_cache_length", None)
-        catcher = _CacheCatcher()
+        catcher = _CacheCatcher(progress)
         handle = model.register_forward_pre_hook(catcher, with_kwargs=True)
         extrapolator = _extrapolator(built, workload) if extrapolate else None
+        deadline = time.monotonic() + time_limit_s if time_limit_s else None
+        limit = {"max_time": float(time_limit_s)} if time_limit_s and built.fake_mode is None else {}
         try:
-            with dry_run_context(built, workload, input_ids, extrapolator):
+            with dry_run_context(built, workload, input_ids, extrapolator, deadline):
                 sequences = model.generate(
                     input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
                     do_sample=False, cache_implementation=workload.cache, num_beams=1,
-                    use_cache=True)  # as the prefill: some config.json files keep a training-time use_cache=false
+                    use_cache=True, **limit)  # use_cache: some config.json files keep a training-time false
         finally:
             handle.remove()
         notes = (extrapolator.note(),) if extrapolator is not None else ()

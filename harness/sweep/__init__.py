@@ -19,6 +19,7 @@ from ._results import (
                        ResultsFile,
                        ResultsWriter,
                        load_results,
+                       lock_holder,
                        merge_results,
                        read_results,
                        repair_tail,
@@ -27,5 +28,5 @@ from ._runner import SweepSummary, run_sweep
 
 __all__ = ["POINT_STATUSES", "RESULTS_SCHEMA_VERSION", "WORKLOAD_COLUMNS", "Experiment", "ExperimentError", "Point",
            "ResultsFile", "ResultsWriter", "SweepSummary", "canonical_hash", "default_machine", "default_out",
-           "load_experiment", "load_results", "merge_results", "parse_shard", "read_results", "repair_tail",
-           "run_sweep", "shard_groups"]
+           "load_experiment", "load_results", "lock_holder", "merge_results", "parse_shard", "read_results",
+           "repair_tail", "run_sweep", "shard_groups"]

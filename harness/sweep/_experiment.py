@@ -135,6 +135,11 @@ class Experiment:
         """model name -> config hash."""
         return {p.model: p.config_hash for p in self.points}
 
+    @property
+    def configs(self) -> dict[str, dict]:
+        """model name -> the config measured (what a results file's header keeps, schema 2)."""
+        return {p.model: dict(p.config) for p in self.points}
+
     def groups(self) -> dict[str, list[Point]]:
         """group_id -> its points, small to large; groups in the order the grid first names them."""
         out: dict[str, list[Point]] = {}
@@ -290,6 +295,8 @@ def load_experiment(path: str | Path, device: str | None = None) -> Experiment:
         text = file.read_text()
     except OSError as exc:
         raise ExperimentError(f"{label}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ExperimentError(f"{label}: not a text file (an experiment is a UTF-8 TOML file)") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

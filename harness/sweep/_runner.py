@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from ._plan import (
     status_record,
 )
 from ._proc import WorkerDied, WorkerProc, WorkerTimeout
-from ._results import RESULTS_SCHEMA_VERSION, ResultsWriter, read_results, repair_tail
+from ._results import RESULTS_SCHEMA_VERSION, ResultsWriter, lock_holder, read_results
 
 __all__ = ["run_sweep", "SweepSummary"]
 
@@ -112,21 +113,25 @@ def _header(experiment: Experiment, env: dict[str, Any], shard: tuple[int, int] 
             "points_total": len(experiment.points), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             "points_planned": planned,
             "machine": machine, "created": now(), "memcal": memcal_version(), "models": experiment.models,
-            "env": env, "experiment_toml": experiment.source}
+            "model_configs": experiment.configs, "env": env, "experiment_toml": experiment.source}
 
 
 def _open_results(out: Path, experiment: Experiment, shard) -> tuple[dict | None, dict[tuple, dict]]:
     """The existing file's header and records, or (None, {}) for a new file. Checks it is this experiment."""
+    if out.is_dir():
+        raise MemcalError(f"{out}: is a directory; give a results file name (e.g. {out}/results.jsonl)")
     if not out.exists():
         return None, {}
-    cut = repair_tail(out)
-    if cut:
-        print(f"memcal sweep: {out}: cut a torn last line ({cut} bytes) left by an interrupted run",
-              file=sys.stderr)
+    holder = lock_holder(out)
+    if holder is not None:  # refuse now, before starting workers (the writer's own lock decides for sure)
+        raise MemcalError(f"{out}: another memcal writer (pid {holder}) is appending to it; wait for it to end, "
+                          "or write elsewhere with --out")
     if out.stat().st_size == 0:
         out.unlink()  # killed before its header was written
         return None, {}
-    existing = read_results(out)
+    with warnings.catch_warnings():  # a torn last line: cut (and said) once the writer holds the lock
+        warnings.simplefilter("ignore")
+        existing = read_results(out)
     header = existing.header
     if header.get("fingerprint") != experiment.fingerprint:
         raise MemcalError(f"{out}: holds results of experiment fingerprint {header.get('fingerprint')}, but "
@@ -173,6 +178,12 @@ def run_sweep(experiment: Experiment, *, out: str | Path, shard: tuple[int, int]
                 raise MemcalError(f"{out}: was measured in another environment ({'; '.join(diffs)}): resuming "
                                   "would mix incomparable points; write to a new file with --out")
             writer = ResultsWriter.append(out, header)
+            if writer.repaired_bytes:
+                print(f"memcal: {out}: cut a torn last line ({writer.repaired_bytes} bytes, from an interrupted "
+                      "write) before appending", file=sys.stderr)
+            # The lock is ours now: what another writer appended since the file was first read counts too.
+            for r in read_results(out).records:
+                records.setdefault((r["point_id"], r["repeat"]), r)
         bar = Progress(todo, progress, experiment.name)
 
         def write(point: Point, record: dict[str, Any], stage: str, pid: int | None = None) -> None:

@@ -106,13 +106,8 @@ class Worker:
 
     def _unsupported(self, workload) -> str | None:
         from harness.measure import get_probe, unsupported_reason
-        reason = get_probe(self.device).unavailable() or unsupported_reason(self.spec, workload, self.device)
-        positions = self.spec.max_position_embeddings
-        if reason is None and self.spec.family in ("gpt2", "gpt_bigcode") and positions \
-                and workload.total_len > positions:
-            reason = (f"{workload.total_len} tokens pass the model's {positions} learned positions "
-                      "(a real run fails with an index error)")
-        return reason
+        # positions past a learned table are refused there too (one rule: harness.measure's positions_reason)
+        return get_probe(self.device).unavailable() or unsupported_reason(self.spec, workload, self.device)
 
     def measure(self, workload) -> tuple[str, dict]:
         """(stage, record dict) for one point."""

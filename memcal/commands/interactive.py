@@ -43,20 +43,39 @@ def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str:
     return line.rstrip("\n")
 
 
+def _ask_until_valid(prompt: str, parse, stdin: TextIO, stdout: TextIO):
+    """Ask, and ask again after a bad answer (one line saying what was wrong); earlier answers stay.
+    Input that ends is the one way out (a MemcalError)."""
+    while True:
+        try:
+            return parse(_ask(prompt, stdin, stdout))
+        except MemcalError as exc:
+            if "input ended" in str(exc):
+                raise
+            print(f"  not accepted: {exc}; try again", file=stdout)
+
+
+def _model(answer: str) -> ModelSpec:
+    name = answer.strip()
+    if not name:
+        raise MemcalError("a model name is required")
+    return load_spec(name)
+
+
 def ask(args: argparse.Namespace, workload: Workload, options: Options, stdin: TextIO,
         stdout: TextIO) -> tuple[ModelSpec, Workload, Options]:
     """Run the dialogue; returns the model and the workload and options the answers define."""
-    name = args.model or _ask("Enter the model name from Hugging Face: ", stdin, stdout).strip()
-    if not name:
-        raise MemcalError("a model name is required")
+    if args.model:
+        spec = load_spec(args.model)
+    else:
+        spec = _ask_until_valid("Enter the model name from Hugging Face: ", _model, stdin, stdout)
     print("\nLoading model configuration...\n", file=stdout)
-    spec = load_spec(name)
     print(calc.parameters_text(spec), file=stdout)
     print("\n--- Adjustable Parameters ---", file=stdout)
     answers = _answered(args)
     for question in calc.questions():
         if question.key not in answers:
-            answers[question.key] = question.parse(_ask(question.prompt, stdin, stdout))
+            answers[question.key] = _ask_until_valid(question.prompt, question.parse, stdin, stdout)
     workload, options = calc.apply_answers(answers, workload, options)
     print("", file=stdout)
     return spec, workload, options

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 
 from estimator.errors import MemcalError
@@ -16,6 +17,7 @@ from .estimate import add_workload_arguments, workload_from_args
 from .gpu_options import add_gpu_arguments, cuda_env, gpu_from_args
 
 DEVICES = ("cpu", "dry-run", "cuda", "mps")
+DEFAULT_TIME_LIMIT_S = 1800.0
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -31,6 +33,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isolate", action="store_true", help="measure in a fresh process")
     p.add_argument("--full-trace", action="store_true",
                    help="dry-run generate: trace every decode step (default: the periodic ones in closed form)")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
+                   help=f"stop a generate that runs longer: a timeout record (default {DEFAULT_TIME_LIMIT_S:g}; "
+                        "0: no limit)")
+    p.add_argument("--no-precheck", action="store_true",
+                   help="build even if memcal's prediction passes the free memory or the memory cap")
     p.add_argument("--unit", default=None, choices=("GiB", "GB", "MiB", "KiB"),
                    help="display unit (default GiB, MiB or KiB for peaks under 1 GiB or 1 MiB)")
     p.add_argument("--json", action="store_true", help="print the record as JSON (all sizes in bytes)")
@@ -93,17 +100,31 @@ def _cuda_formula(est, gpu, env: dict | None, since: str, bnb_legacy: bool = Fal
                        bnb_legacy=bnb_legacy)
 
 
+def _progress(workload):
+    """A one-line counter of generated tokens on a terminal's stderr (nothing when not a terminal)."""
+    if workload.phase != "generate" or not sys.stderr.isatty():
+        return None
+
+    def show(forwards: int) -> None:  # the first forward is the prefill
+        sys.stderr.write(f"\rgenerate: token {min(forwards, workload.new_tokens)}/{workload.new_tokens}")
+        if forwards >= workload.new_tokens:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return show
+
+
 def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: int | None = None,
                     load_weights: bool = False, trust_remote_code: bool = False, isolate: bool = False,
                     gpu=None, cuda_env: dict | None = None, since: str = "load", bnb_legacy: bool = False,
                     gpus: int | None = None, device_map: str = "auto", max_memory: dict[int, int] | None = None,
-                    full_trace: bool = False):
+                    full_trace: bool = False, time_limit_s: float | None = None, precheck: bool = True):
     """The verb as a plain function: (record, estimate, CUDA totals of memcal's formula or None).
 
     ``gpu`` (dry-run: the CUDA target; cuda: the profile to compare with). ``since``: the formula's
     peak since process start or since loading; a measurement resets peaks after loading: "load".
     ``gpus``: the model split over that many GPUs by accelerate's device map (``gpu`` is then their kind).
-    ``full_trace``: a dry-run generate traces every decode step (no closed-form extrapolation)."""
+    ``full_trace``: a dry-run generate traces every decode step (no closed-form extrapolation).
+    ``time_limit_s`` bounds a generate (0 or None: no limit); ``precheck``: see `harness.measure.measure`."""
     from harness.measure import device_placement, measure
     from memcal.commands._spec import resolve
     spec = resolve(model)
@@ -116,10 +137,13 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
         if not Path(model).expanduser().is_dir():
             raise MemcalError(f"--load-weights needs MODEL to be a local model folder, got {model!r}")
         weights_path = str(Path(model).expanduser())
+    if time_limit_s is not None and time_limit_s < 0:
+        raise MemcalError(f"--time-limit must be 0 (no limit) or positive, got {time_limit_s:g}")
     target = gpu if device == "dry-run" and not gpus else None  # split over GPUs: --gpu is their kind
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
                      trust_remote_code=trust_remote_code, isolate=isolate, gpu=target, cuda_env=cuda_env,
-                     placement=placement, extrapolate=not full_trace)
+                     placement=placement, extrapolate=not full_trace, time_limit_s=time_limit_s or None,
+                     precheck=precheck, progress=None if isolate else _progress(workload))
     est = _estimate(spec, workload, "cuda" if gpu is not None else None)
     return record, est, _cuda_formula(est, gpu, cuda_env, since, bnb_legacy)
 
@@ -151,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
                                         isolate=args.isolate, gpu=gpu, cuda_env=cuda_env(args),
                                         since="load",  # a measurement resets peaks after loading
                                         bnb_legacy=args.bnb_legacy, gpus=args.gpus, device_map=args.device_map,
-                                        max_memory=split_budget(args), full_trace=args.full_trace)
+                                        max_memory=split_budget(args), full_trace=args.full_trace,
+                                        time_limit_s=args.time_limit, precheck=not args.no_precheck)
     shares = _shares(record, args.model)
     if args.json:
         out = measurement_json(record, est, None if args.gpus else cuda)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -12,6 +13,9 @@ def register(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.sweep import merge_results
     merged = merge_results(args.files, args.out)
-    print(f"{args.out}: {len(merged.records)} points from {len(args.files)} files "
+    for line in merged.dropped:
+        print(f"memcal: {line}", file=sys.stderr)
+    print(f"{args.out}: {len(merged.records)} points from {len(args.files)} files"
+          + (f", {len(merged.dropped)} duplicate records dropped" if merged.dropped else "") + " "
           f"(experiment {merged.header.get('experiment')}, fingerprint {merged.header.get('fingerprint')})")
     return 0

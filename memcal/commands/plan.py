@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if check is not None:
             out["verification"] = {"planned": check.planned.to_dict() if check.planned else None,
                                    "next": check.next.to_dict() if check.next else None,
-                                   "confirmed": check.confirmed}
+                                   "confirmed": check.confirmed, "verdict": check.verdict()}
         print(json.dumps(out, indent=2))
     else:
         print(plan_text(result, check, unit=args.unit))

@@ -52,14 +52,13 @@ def parse_tolerance(text: str) -> float:
 
 
 def _specs(current: str) -> dict[str, Any]:
-    """Model name -> ModelSpec of the current file's models (catalogue or the experiment's config files);
-    empty when they cannot be found: the formula check then says its points had no prediction."""
+    """Model name -> ModelSpec of the current file's models (from its header, or the catalogue). A model
+    that cannot be found is bad input here: the calibration check asked for could not run (exit 2)."""
     from harness.analysis import load_dataset
     try:
         return load_dataset([current]).specs
     except MemcalError as exc:
-        print(f"memcal regress: {exc}", file=sys.stderr)
-        return {}
+        raise MemcalError(f"cannot check the calibration profiles: {exc}") from None
 
 
 def _default_out(experiment: str) -> Path:

@@ -23,12 +23,39 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the groups as tasks on a Ray cluster (e.g. auto, ray://host:10001, local); "
                         "needs the extra memcal[ray]")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="write into a folder of committed results (a baseline, a dataset) from a checkout with "
+                        "uncommitted changes (the header records dirty: true)")
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def check_committed_folder(path: Path, allow_dirty: bool = False) -> None:
+    """Results written into a folder git tracks files in (results/baselines, a committed dataset) must come
+    from a clean checkout: else they would match no commit. Refused in one line unless ``allow_dirty``."""
+    folder = path.expanduser().resolve().parent
+    if allow_dirty or not folder.is_dir():  # a new folder holds no committed file
+        return
+    tracked = [name for name in (_git(folder, "ls-files", "--", ".") or "").splitlines() if "/" not in name]
+    if not tracked:  # files of this folder itself, not of its subfolders
+        return
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    if status:
+        raise MemcalError(f"{path}: a folder of committed results, and the checkout has uncommitted changes: results "
+                          "measured now would match no commit; commit first, or pass --allow-dirty")
 
 
 def sweep(experiment: str, *, device: str | None = None, shard: str | None = None, out: str | None = None,
           machine: str | None = None, isolate: bool = False, timeout: float | None = None,
           progress: bool = True, worker_env: dict | None = None, gpus: str | None = None,
-          ray: str | None = None):
+          ray: str | None = None, allow_dirty: bool = False):
     """Load, plan and run a sweep; returns its `SweepSummary` (tests call this directly)."""
     from harness.sweep import default_machine, default_out, load_experiment, parse_shard, run_sweep
     exp = load_experiment(experiment)
@@ -43,6 +70,7 @@ def sweep(experiment: str, *, device: str | None = None, shard: str | None = Non
     lanes = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     if lanes and ray:
         raise MemcalError("--gpus and --ray: choose one (a Ray task asks its cluster for one GPU each)")
+    check_committed_folder(path, allow_dirty)
     return run_sweep(exp, out=path, shard=where, isolate=isolate, timeout_s=timeout, machine=machine,
                      progress=progress, worker_env=worker_env, gpus=lanes, ray_address=ray)
 
@@ -57,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = sweep(args.experiment, device=args.device, shard=args.shard, out=args.out, machine=args.machine,
                     isolate=args.isolate, timeout=args.timeout, progress=not args.quiet, gpus=args.gpus,
-                    ray=args.ray)
+                    ray=args.ray, allow_dirty=args.allow_dirty)
     if not args.quiet:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing new"
         rate = f", {summary.points_per_minute:.0f} points/min" if summary.written else ""
