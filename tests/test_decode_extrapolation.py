@@ -101,6 +101,9 @@ def test_every_family_extrapolated_equals_full(family):
     config = random_configs(family, 1, seed="decode14")[0]
     if family == "phi3":
         config = _phi3_longrope()
+    if spec_from_dict(config).learned_positions:  # room for 6 + 28 positions in a learned table
+        key = "n_positions" if "n_positions" in config else "max_position_embeddings"
+        config = {**config, key: max(config.get(key) or 0, 40)}
     # 10 tokens: one range skipped; 28: sliding windows and chunks of 4, 8 and 16 filled after a prompt of 6
     notes = compare(config, [10, 28], batch=1)
     print(family, notes)
@@ -125,6 +128,9 @@ def test_every_family_static_cache_extrapolated_equals_full(family):
     config = random_configs(family, 1, seed="decode14")[0]
     if family == "phi3":
         config = _phi3_longrope()
+    if spec_from_dict(config).learned_positions:  # room for 6 + 28 positions in a learned table
+        key = "n_positions" if "n_positions" in config else "max_position_embeddings"
+        config = {**config, key: max(config.get(key) or 0, 40)}
     try:
         notes = compare(config, [28], cache="static", batch=1)
     except _Refused as exc:

@@ -101,10 +101,10 @@ def test_overhead_at_the_allocator_level_is_recovered(tmp_path):
 @pytest.mark.slow
 def test_a_named_memcal_coefficient_is_recovered(tmp_path):
     from estimator.formulas import memcal
-    # Llama 3's 128k vocabulary: generate peaks while processing the last position's logits, whose
-    # fp32 copies processor_copies counts.
+    # Qwen2.5's 152k vocabulary: a short prompt's generate peaks while processing the last position's
+    # logits, whose fp32 copies processor_copies counts (elsewhere a forward sets the peak)
     truth = memcal.DEFAULT.processor_copies + 0.5
-    path = synthetic(tmp_path / "s.jsonl", scale=1.0, offset=0, models=("meta-llama/Llama-3.2-1B",),
+    path = synthetic(tmp_path / "s.jsonl", scale=1.0, offset=0, models=("Qwen/Qwen2.5-0.5B",),
                      coefficients={"processor_copies": truth})
     plain = fit([path], formulas=["memcal"]).fits["memcal"]
     result = fit([path], formulas=["memcal"], settings=FitSettings(coefficients=("processor_copies",)))

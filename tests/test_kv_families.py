@@ -29,7 +29,10 @@ def test_weights_and_kv_are_exact_on_random_configs(family):
     for n, config in enumerate(random_configs(family, CONFIGS, seed="kv")):
         spec = spec_from_dict(config)
         dtype = "bf16"
-        base = Workload(batch=1 + n % 3, prompt_len=12 + 5 * n, dtype=dtype, attention="eager")
+        prompt = 12 + 5 * n
+        if spec.learned_positions:  # a learned position table is a hard limit (the run would fail)
+            prompt = max(2, min(prompt, spec.max_position_embeddings - 3 - n))
+        base = Workload(batch=1 + n % 3, prompt_len=prompt, dtype=dtype, attention="eager")
         built = build_model(spec, base, "dry-run")
         assert memcal.weight_bytes(spec, base) == built.weight_bytes, config
         for w in (base, base.with_(new_tokens=3 + n, phase="generate"),
