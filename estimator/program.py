@@ -142,7 +142,11 @@ def _bytes(step: Step, scope: Mapping[str, Any]) -> int:
         size = scope["e"] if step.dtype == "e" else scope["kvb"] if step.dtype == "kv" else None
     if size is None:
         raise MemcalError(f"program: unknown dtype {step.dtype!r}")
-    return math.prod(int(evaluate(d, scope)) for d in step.shape) * size
+    dims = [evaluate(d, scope) for d in step.shape]
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in dims):
+        raise MemcalError(f"program step {step.op} ({', '.join(step.shape)}): a dimension is not a number "
+                          f"here ({dims}): the config lacks what the family's program assumed")
+    return math.prod(int(v) for v in dims) * size
 
 
 def _compile(steps: tuple[Step, ...], scope: Mapping[str, Any]) -> list[tuple[str, tuple[str, ...], int, str]]:

@@ -38,7 +38,8 @@ MEASURED_LIMITS = {
     "cohere2": (0.0005, 0.06), "gemma2": (0.0005, 0.085), "glm4": (0.0005, 0.09), "granite": (0.0005, 0.05),
     "phi3": (0.05, 0.16),
     # the generic decoder program on architectures it does not describe
-    "deepseek_v3": (0.001, 0.50), "falcon": (0.16, 0.40), "llama4_text": (0.11, 0.53), "nemotron_h": (0.90, 1.65),
+    "deepseek_v3": (0.001, 0.50), "falcon": (0.16, 0.40), "gpt_oss": (0.12, 0.25), "llama4_text": (0.11, 0.53),
+    "nemotron_h": (0.90, 1.65),
     "qwen3_5_moe_text": (0.012, 0.70), "qwen3_next": (0.025, 0.68),
 }
 COMBOS = [(dtype, attention) for dtype in ("fp32", "bf16") for attention in ("eager", "sdpa")]
