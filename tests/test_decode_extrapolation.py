@@ -95,15 +95,21 @@ def test_pattern_needs_consecutive_affine_steps():
     assert decode._pattern(steps[:2] + steps[3:]) is None  # not consecutive
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", supported_families())
-def test_every_family_extrapolated_equals_full(family):
+def _family_config(family: str) -> dict:
+    """A random config of `family` (Phi-3's with long RoPE), with room for 6 + 28 positions in a learned table."""
     config = random_configs(family, 1, seed="decode14")[0]
     if family == "phi3":
         config = _phi3_longrope()
-    if spec_from_dict(config).learned_positions:  # room for 6 + 28 positions in a learned table
+    if spec_from_dict(config).learned_positions:
         key = "n_positions" if "n_positions" in config else "max_position_embeddings"
         config = {**config, key: max(config.get(key) or 0, 40)}
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", supported_families())
+def test_every_family_extrapolated_equals_full(family):
+    config = _family_config(family)
     # 10 tokens: one range skipped; 28: sliding windows and chunks of 4, 8 and 16 filled after a prompt of 6
     notes = compare(config, [10, 28], batch=1)
     print(family, notes)
@@ -125,12 +131,7 @@ def test_measure_freezes_the_collector_only_while_it_runs():
 @pytest.mark.slow
 @pytest.mark.parametrize("family", supported_families())
 def test_every_family_static_cache_extrapolated_equals_full(family):
-    config = random_configs(family, 1, seed="decode14")[0]
-    if family == "phi3":
-        config = _phi3_longrope()
-    if spec_from_dict(config).learned_positions:  # room for 6 + 28 positions in a learned table
-        key = "n_positions" if "n_positions" in config else "max_position_embeddings"
-        config = {**config, key: max(config.get(key) or 0, 40)}
+    config = _family_config(family)
     try:
         notes = compare(config, [28], cache="static", batch=1)
     except _Refused as exc:

@@ -83,7 +83,7 @@ def _converted(scheme: Scheme, m: Module, skips, spec, device) -> tuple[str, dic
         return o["layout"], dict(o)
     if method == "fp8" and kind in ("linear", "experts") and should_convert(m.name, skips):
         return ("fp8_experts" if kind == "experts" else "fp8"), {**o, "gate_up": m.group.name.endswith("gate_up_proj")}
-    if method == "mxfp4" and kind == "experts" and spec.family == "gpt_oss" and should_convert(m.name, skips):
+    if method == "mxfp4" and kind == "experts" and spec.dim("mxfp4_experts", False) and should_convert(m.name, skips):
         return "mxfp4_experts", {}
     if method == "torchao" and kind == "linear" and o.get("layout") and should_convert(m.name, skips):
         return o["layout"], dict(o)

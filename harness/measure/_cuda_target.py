@@ -27,7 +27,7 @@ import torch
 from estimator.cuda import Allocator, GpuProfile, SdpaCall, SdpaEnv, parse_alloc_conf, sdpa_events, select_backend
 from estimator.cuda.workspaces import cublas_workspace_bytes, cublaslt_uses_cublas_workspace, cublaslt_workspace_bytes
 
-from ._tracker import StorageTracker
+from ._tracker import StorageTracker, storage_of
 
 __all__ = ["CudaTargetTracker", "CudaReplay"]
 
@@ -72,10 +72,10 @@ class CudaTargetTracker(StorageTracker):
         """The tracker's own count (unchanged), and an event for each new or resized storage."""
         if t.device.type != self.device_type:
             return
-        try:
-            key = t.untyped_storage()._cdata
-        except (RuntimeError, NotImplementedError):
+        st = storage_of(t)
+        if st is None:
             return
+        key = st._cdata
         before = self._refs.get(key)
         super()._see(t, op)
         after = self._refs.get(key)

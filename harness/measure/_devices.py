@@ -37,6 +37,8 @@ from estimator.errors import MemcalError
 from estimator.spec import ModelSpec
 from estimator.workload import Workload
 
+from ._tracker import storage_of
+
 __all__ = ["Placement", "STRATEGIES", "VirtualDevices", "attach_hooks", "device_placement", "parse_max_memory"]
 
 STRATEGIES = ("auto", "balanced", "sequential")
@@ -131,10 +133,8 @@ class VirtualDevices:
         self.op_device: int | None = None   # set per op from its arguments (DryRunMode)
 
     def device_of(self, t: torch.Tensor) -> int | None:
-        try:
-            return self.of.get(t.untyped_storage()._cdata)
-        except (RuntimeError, NotImplementedError):
-            return None
+        st = storage_of(t)
+        return None if st is None else self.of.get(st._cdata)
 
     def from_args(self, args, kwargs) -> None:
         """The device an op's new outputs belong to: its first tensor argument's, else the running module's."""
@@ -173,9 +173,8 @@ class VirtualDevices:
         """Distinct storages of `tensors` per device (the cache's tensors at the end of a run)."""
         seen: dict[int, tuple[int, int]] = {}
         for t in tensors:
-            try:
-                st = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):
+            st = storage_of(t)
+            if st is None:
                 continue
             d = self.of.get(st._cdata)
             if d is not None:

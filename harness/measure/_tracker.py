@@ -36,7 +36,8 @@ class TraceEvent:
     live_bytes: int
 
 
-def _storage_of(t: torch.Tensor):
+def storage_of(t: torch.Tensor):
+    """The untyped storage behind `t`, or None for a tensor without one (sparse, nested, a subclass)."""
     try:
         return t.untyped_storage()
     except (RuntimeError, NotImplementedError):  # sparse, nested, or a subclass without storage
@@ -47,7 +48,7 @@ def storages_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind `tensors` (a storage shared by views counted once)."""
     seen: dict[int, int] = {}
     for t in tensors:
-        st = _storage_of(t)
+        st = storage_of(t)
         if st is not None:
             seen[st._cdata] = st.nbytes()
     return sum(seen.values())
@@ -107,9 +108,8 @@ class StorageTracker(TorchDispatchMode):
         """Count `t`'s storage if it is new (or resized). `op`: an aten overload or a label."""
         if t.device.type != self.device_type:
             return
-        try:
-            st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # sparse, nested, or a subclass without storage
+        st = storage_of(t)
+        if st is None:
             return
         key, nbytes = st._cdata, st.nbytes()
         entry = self._refs.get(key)
