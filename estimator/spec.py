@@ -110,6 +110,36 @@ class ModelSpec:
         return bool(self.record and self.record.activations.get("learned_positions"))
 
     @property
+    def rope_type(self) -> str | None:
+        """The rotary scaling type the config names (``rope_parameters``/``rope_scaling``), or None."""
+        for key in ("rope_parameters", "rope_scaling"):
+            rope = self.config.get(key)
+            if isinstance(rope, dict):
+                kind = rope.get("rope_type", rope.get("type"))
+                if kind is None:  # per layer type (gemma3): {"full_attention": {...}, ...}
+                    kind = next((v.get("rope_type", v.get("type")) for v in rope.values() if isinstance(v, dict)), None)
+                if kind is not None:
+                    return str(kind)
+        return None
+
+    def positions_reason(self, total_len: int, prompt_len: int | None = None) -> str | None:
+        """Why `total_len` positions (prompt + new tokens) are beyond this model, or None (issues 11, 12).
+
+        A learned position table is a hard limit (the real run's lookup raises IndexError); a rotary or
+        other model is configured for ``max_position_embeddings`` positions and is refused past them too,
+        unless its RoPE is ``dynamic`` (NTK scaling that rescales past the limit by design). To plan a
+        longer context, raise max_position_embeddings (with rope scaling) in the config."""
+        limit = self.max_position_embeddings
+        if not limit or total_len <= limit or (not self.learned_positions and self.rope_type == "dynamic"):
+            return None
+        asked = f"{total_len} positions" + (f" (prompt {prompt_len} + {total_len - prompt_len} new)"
+                                            if prompt_len is not None and prompt_len != total_len else "")
+        if self.learned_positions:
+            return f"{asked} pass {self.name}'s {limit} learned positions (a real run fails with an index error)"
+        return (f"{asked} pass {self.name}'s max_position_embeddings ({limit}): beyond the context its config "
+                "declares (raise max_position_embeddings, with rope scaling, in the config to go further)")
+
+    @property
     def default_attention(self) -> str:
         """The attention implementation transformers picks for this architecture when none is asked:
         sdpa, unless its model class does not support it (the record's ``[activations] attention``)."""

@@ -85,10 +85,15 @@ def test_the_verdict_says_what_was_checked():
     assert "does not fit" in Verification(oom, oom).verdict()
 
 
-def test_plan_refuses_batch_0_and_warns_past_rotary_positions():
+def test_plan_refuses_batch_0_and_positions_past_the_config():
     with pytest.raises(MemcalError, match="--batch must be a whole number of at least 1"):
         plan(TINY, MEMORY, batch=0)
-    p = plan("meta-llama/Llama-3.1-8B", 80 * 2**30, seq=200_000)
-    assert p.warnings and "max_position_embeddings (131072)" in p.warnings[0]
+    with pytest.raises(MemcalError, match=r"unsupported: 200000 positions pass .*max_position_embeddings \(131072\)"):
+        plan("meta-llama/Llama-3.1-8B", 80 * 2**30, seq=200_000)
+    # dynamic RoPE rescales past max_position_embeddings by design: planned, with the note
+    dynamic = {**json.loads(Path(TINY).read_text()),
+               "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}
+    p = plan(dynamic, 2**30, seq=dynamic["max_position_embeddings"] + 10, dtype="fp32")
+    assert p.value and "dynamic RoPE rescales" in p.warnings[0]
     with pytest.raises(MemcalError, match="learned positions|learned position"):
         plan("gpt2", 2**30, seq=5000)

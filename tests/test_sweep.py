@@ -15,7 +15,7 @@ from estimator.errors import MemcalError
 from harness.sweep import load_experiment, load_results, read_results
 from memcal.cli import main
 from memcal.commands.sweep import sweep
-from tests.sweep_helpers import lines, write_experiment
+from tests.sweep_helpers import TINY, lines, write_experiment
 
 
 def statuses(path: Path) -> dict[tuple, str]:
@@ -153,16 +153,25 @@ def test_isolate_gives_every_point_a_fresh_worker(tmp_path):
 
 
 def test_unsupported_points_are_recorded_not_run(tmp_path):
-    # the dry run cannot quantize; gpt2's learned positions end at 64 in tiny-c
+    # the dry run cannot quantize; gpt2's learned positions end at 64 in tiny-c; tiny-a's rotary
+    # max_position_embeddings is 256 (refused past it), tiny-d is tiny-a with dynamic RoPE (rescales: runs)
     exp = write_experiment(tmp_path, grids=[
         dict(models=["configs/tiny-a.json"], dtypes=["fp32"], weights=["nf4"], batch_sizes=[1], prompt_lengths=[8]),
-        dict(models=["configs/tiny-c.json"], dtypes=["fp32"], batch_sizes=[1], prompt_lengths=[32, 128])])
+        dict(models=["configs/tiny-c.json"], dtypes=["fp32"], batch_sizes=[1], prompt_lengths=[32, 128]),
+        dict(models=["configs/tiny-a.json", "configs/tiny-d.json"], dtypes=["fp32"], batch_sizes=[1],
+             prompt_lengths=[300])])
+    dynamic = {**TINY["tiny-a"], "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}
+    (tmp_path / "configs" / "tiny-d.json").write_text(json.dumps(dynamic))
     out = tmp_path / "r.jsonl"
     sweep(str(exp), out=str(out), progress=False)
     got = {(r["model"], r["workload"]["prompt_len"]): r for r in read_results(out).records}
     assert got[("tiny-a", 8)]["status"] == "unsupported" and "dry run cannot quantize" in got[("tiny-a", 8)]["message"]
     assert got[("tiny-c", 32)]["status"] == "ok"
     assert got[("tiny-c", 128)]["status"] == "unsupported" and "learned positions" in got[("tiny-c", 128)]["message"]
+    assert got[("tiny-a", 300)]["status"] == "unsupported"
+    assert "pass tiny-a's max_position_embeddings (256)" in got[("tiny-a", 300)]["message"]
+    assert got[("tiny-d", 300)]["status"] == "ok", got[("tiny-d", 300)]["message"]
+    assert any("dynamic RoPE rescales" in n for n in got[("tiny-d", 300)]["notes"])
 
 
 def test_shard_syntax_is_checked(tmp_path):

@@ -94,6 +94,9 @@ def plan_gpus(model: Any, gpu: str, *, max_gpus: int = 8, batch: int | None = No
     capacity = profile.allocator_capacity_bytes
     axis = "batch" if batch is None and seq is not None else "seq" if seq is None and batch is not None else None
     base = Workload(batch=batch or 1, prompt_len=seq or (1 if axis == "seq" else 512), **fields)
+    reason = spec.positions_reason(base.total_len, base.prompt_len)
+    if reason:
+        raise MemcalError("unsupported: " + reason)
     fewer = ""
     for n in ([gpus] if gpus else range(1, max_gpus + 1)):
         ok, budget, dmap, shares, reason = _fit(spec, base, n, capacity)
@@ -112,7 +115,8 @@ def _at(w: Workload, axis: str, value: int) -> Workload:
 
 
 def _push(spec, base, n, capacity, axis, max_batch, first):
-    limit = max_batch if axis == "batch" else (spec.max_position_embeddings or 1 << 24) - base.new_tokens
+    bounded = spec.max_position_embeddings and spec.positions_reason(spec.max_position_embeddings + 1)
+    limit = max_batch if axis == "batch" else (spec.max_position_embeddings if bounded else 1 << 24) - base.new_tokens
     cache = {1: first}
 
     def fits(v):

@@ -90,19 +90,20 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
     spec = load_spec(model)
     axis = "batch" if seq is not None else "seq"
     notes: list[str] = []
-    positions = spec.max_position_embeddings
-    if seq is not None and positions and seq + workload_fields.get("new_tokens", 0) > positions:
+    if seq is not None:
         total = seq + workload_fields.get("new_tokens", 0)
-        if spec.learned_positions:
-            raise MemcalError(f"unsupported: {total} positions pass {spec.name}'s {positions} learned position "
-                              "embeddings (a hard limit: the model cannot run it)")
-        notes.append(f"{total} positions pass {spec.name}'s max_position_embeddings ({positions}): rotary "
-                     "positions extrapolate; memory is planned, output quality is not")
+        reason = spec.positions_reason(total, seq)
+        if reason:
+            raise MemcalError("unsupported: " + reason)
+        if spec.max_position_embeddings and total > spec.max_position_embeddings:
+            notes.append(f"{total} positions pass {spec.name}'s max_position_embeddings "
+                         f"({spec.max_position_embeddings}): dynamic RoPE rescales past it")
     base = Workload(batch=batch or 1, prompt_len=seq or 1, **workload_fields)
     if axis == "batch":
         limit = max_batch
     else:
-        limit = (spec.max_position_embeddings - base.new_tokens) if spec.max_position_embeddings else MAX_SEQ
+        bounded = spec.max_position_embeddings and spec.positions_reason(spec.max_position_embeddings + 1)
+        limit = (spec.max_position_embeddings - base.new_tokens) if bounded else MAX_SEQ
         if limit < 1:
             raise MemcalError(f"{spec.name} has {spec.max_position_embeddings} positions: no room for "
                               f"{base.new_tokens} new tokens")

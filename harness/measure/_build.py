@@ -125,22 +125,17 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str 
 
 
 def positions_reason(spec: ModelSpec, workload: Workload) -> str | None:
-    """Why a workload longer than a learned position table cannot run (the real run's embedding lookup
-    raises IndexError; a dry run would say ok), or None. Rotary models have no table: past their
-    max_position_embeddings they run, extrapolating, and `positions_note` says so."""
-    limit = spec.max_position_embeddings
-    if limit and spec.learned_positions and workload.total_len > limit:
-        return (f"{workload.total_len} positions (prompt {workload.prompt_len} + {workload.new_tokens} new) pass "
-                f"{spec.name}'s {limit} learned positions (a real run fails with an index error)")
-    return None
+    """Why a workload is longer than the model's positions (`ModelSpec.positions_reason`: a learned table,
+    or max_position_embeddings), or None: a dry run must not say ok where the model is not meant to run."""
+    return spec.positions_reason(workload.total_len, workload.prompt_len)
 
 
 def positions_note(spec: ModelSpec, workload: Workload) -> str | None:
-    """A note for a rotary model run past its max_position_embeddings (it runs; quality is another matter)."""
+    """A note for a dynamic-RoPE model run past its max_position_embeddings (allowed: it rescales)."""
     limit = spec.max_position_embeddings
-    if limit and not spec.learned_positions and workload.total_len > limit:
+    if limit and workload.total_len > limit and not positions_reason(spec, workload):
         return (f"{workload.total_len} positions pass {spec.name}'s max_position_embeddings ({limit}): "
-                "rotary positions extrapolate (memory is what it is; outputs are not what the model was trained for)")
+                "dynamic RoPE rescales its frequencies past it")
     return None
 
 
