@@ -407,8 +407,11 @@ def _forward(spec: ModelSpec, scope: dict, dmap: dict, n: int, layers: list[int]
     compiled: dict = {}
     for i, kind in enumerate(spec.layer_kinds):
         d = layers[i]
-        if kind not in compiled or prog._reads_layer(program.layers[kind]):
-            compiled[kind] = prog._compile(program.layers[kind], {**scope, "i": i})
+        steps = program.layers.get(kind, program.layers.get("*"))  # the generic program: one kind, "*"
+        if steps is None:
+            raise MemcalError(f"the forward program of {spec.family!r} has no layer of kind {kind!r}")
+        if kind not in compiled or prog._reads_layer(steps):
+            compiled[kind] = prog._compile(steps, {**scope, "i": i})
         # accelerate copies the layer's keyword tensors (rotary tables, position ids, mask) from other devices
         copies = sum(size for k, (dd, size) in pro.items() if dd != d and k not in stream and k not in masks)
         copies += max((size for k, (dd, size) in pro.items() if dd != d and k in masks), default=0)

@@ -11,9 +11,10 @@ with the estimator's (`estimator.format`). Nothing here imports torch.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
-__all__ = ["COMPARABLE_ENV_KEYS", "env_differences", "median_repeat", "memcal_version", "one_line",
+__all__ = ["COMPARABLE_ENV_KEYS", "config_from_json", "config_to_json", "env_differences", "median_repeat", "memcal_version", "one_line",
            "point_label"]
 
 # The one comparability rule (resume, merge, dataset, regression gate). Two environments are comparable
@@ -78,3 +79,29 @@ def memcal_version() -> str:
         return version("memcal")
     except PackageNotFoundError:  # a source checkout on sys.path, not installed
         return "unknown"
+
+
+_NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def config_to_json(value: Any) -> Any:
+    """A model config as strict JSON can hold it: the non-finite floats real configs carry (Nemotron-H's
+    ``time_step_limit: [0.0, Infinity]``) as the strings "Infinity", "-Infinity", "NaN"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {k: config_to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [config_to_json(v) for v in value]
+    return value
+
+
+def config_from_json(value: Any) -> Any:
+    """`config_to_json` undone: the strings "Infinity", "-Infinity", "NaN" back to floats."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, Mapping):
+        return {k: config_from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [config_from_json(v) for v in value]
+    return value

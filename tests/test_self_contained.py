@@ -79,3 +79,20 @@ def test_regress_fails_when_it_cannot_check_the_calibration(moved, tmp_path, cap
     code = main(["regress", "--baseline", str(old), "--current", str(old), "--calibration", str(profile)])
     err = capsys.readouterr().err
     assert code == 2 and "cannot check the calibration profiles" in err and err.strip().count("\n") == 0
+
+
+def test_a_config_with_non_finite_floats_travels_in_the_header(tmp_path, monkeypatch):
+    """Real configs carry JSON's Infinity (Nemotron-H: time_step_limit [0.0, Infinity]); strict JSON cannot:
+    the header spells it "Infinity", and the config read back hashes as the original."""
+    work = tmp_path / "work"
+    exp = write_experiment(work, grids=[dict(models=["configs/tiny-inf.json"], dtypes=["fp32"], batch_sizes=[1],
+                                             prompt_lengths=[8], phases=["prefill"])])
+    config = json.loads((work / "configs" / "tiny-a.json").read_text())
+    (work / "configs" / "tiny-inf.json").write_text(json.dumps({**config, "time_step_limit": [0.0, float("inf")]}))
+    out = tmp_path / "r.jsonl"
+    assert main(["sweep", str(exp), "--out", str(out), "--quiet"]) == 0
+    header = json.loads(out.read_text().splitlines()[0])  # strict JSON: no bare Infinity
+    assert header["model_configs"]["tiny-inf"]["time_step_limit"] == [0.0, "Infinity"]
+    shutil.rmtree(work)
+    monkeypatch.chdir(tmp_path)
+    assert set(load_dataset([out]).specs) == {"tiny-inf"}  # found by its hash: the float came back

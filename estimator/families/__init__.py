@@ -31,7 +31,7 @@ _HERE = Path(__file__).parent
 _EXTRA: list[Path] = []
 _MERGED_TABLES = ("config", "dims", "layers", "cache", "activations")
 _TOP_KEYS = {"model_type", "inherit", "source", "declares_kv_heads", "prefix", "layers_path", "nulls",
-             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", "unsupported",
+             "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", "program_from", "unsupported",
              *_MERGED_TABLES}
 TENSOR_KINDS = ("linear", "conv1d", "embedding", "norm", "param", "router", "experts", "buffer")
 
@@ -118,7 +118,7 @@ def _load_raw(model_type: str) -> tuple[dict, str] | None:
 
 def _merge(parent: dict, child: dict) -> dict:
     # a forward program is derived for each family from its own dry run: never inherited
-    out = {k: v for k, v in parent.items() if k not in ("abstract", "model_type", "source", "program")}
+    out = {k: v for k, v in parent.items() if k not in ("abstract", "model_type", "source", "program", "program_from")}
     for key, value in child.items():
         if key in _MERGED_TABLES:
             merged = dict(parent.get(key, {}))
@@ -213,9 +213,23 @@ def get(model_type: str | None) -> FamilyRecord | None:
         config=_frozen(data.get("config", {})), dims=_frozen(data.get("dims", {})),
         layers=_frozen(data.get("layers", {})), cache=_frozen(data.get("cache", {})),
         tensors=_frozen(data.get("tensors", [])), activations=_frozen(data.get("activations", {})),
-        program=_frozen(data["program"]) if "program" in data else None, chain=chain,
+        program=_program(data, path), chain=chain,
         unsupported=tuple(tuple(u) for u in data.get("unsupported", ())),
     )
+
+
+def _program(data: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
+    """The record's forward program: its own (derived from its dry run), or, with ``program_from``, the
+    program of a family whose forward is the same op for op (a fact tests/test_formula_families.py checks)."""
+    if "program" in data:
+        return _frozen(data["program"])
+    source = data.get("program_from")
+    if source is None:
+        return None
+    other = get(source)
+    if other is None or other.program is None:
+        raise MemcalError(f"family record {path}: program_from {source!r} names a family without a forward program")
+    return other.program
 
 
 @lru_cache(maxsize=None)

@@ -36,7 +36,7 @@ from estimator.spec import ModelSpec, load_spec
 from estimator.workload import Workload
 from harness.sweep import WORKLOAD_COLUMNS, canonical_hash, read_results
 
-from .._common import env_differences, median_repeat, point_label
+from .._common import config_from_json, env_differences, median_repeat, point_label
 
 __all__ = ["Dataset", "load_dataset", "comparison", "measured_components", "error_stats", "TARGETS",
            "COMPONENTS", "size_key"]
@@ -99,7 +99,7 @@ def _resolve_specs(header: Mapping[str, Any], path: Path) -> dict[str, ModelSpec
         config = kept.get(name)
         if isinstance(config, Mapping):
             try:
-                spec = load_spec(dict(config), name)
+                spec = load_spec(config_from_json(dict(config)), name)
             except MemcalError:
                 continue
             if _config_hash(spec) == digest:

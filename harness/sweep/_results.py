@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping
 
 from estimator.errors import MemcalError
 
-from .._common import env_differences
+from .._common import config_to_json, env_differences
 from .._record import BYTE_FIELDS, SCHEMA_VERSION, STATUSES, peak_bytes
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "POINT_STATUSES", "WORKLOAD_COLUMNS", "ResultsFile", "ResultsWriter",
@@ -130,7 +130,7 @@ def migrate_header(header: Mapping[str, Any]) -> dict[str, Any]:
         for name in out.get("models") or {}:
             config = lookup(name)  # checked against the recorded hash by whoever uses it
             if config is not None:
-                configs[name] = dict(config)
+                configs[name] = config_to_json(dict(config))
         out.update(schema_version=2, migrated_from=1, model_configs=configs)
     return out
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from estimator.errors import MemcalError
 
-from .._common import env_differences, memcal_version
+from .._common import config_to_json, env_differences, memcal_version
 from ._experiment import Experiment, Point
 from ._plan import (
     Progress,
@@ -113,7 +113,7 @@ def _header(experiment: Experiment, env: dict[str, Any], shard: tuple[int, int] 
             "points_total": len(experiment.points), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             "points_planned": planned,
             "machine": machine, "created": now(), "memcal": memcal_version(), "models": experiment.models,
-            "model_configs": experiment.configs, "env": env, "experiment_toml": experiment.source}
+            "model_configs": config_to_json(experiment.configs), "env": env, "experiment_toml": experiment.source}
 
 
 def _open_results(out: Path, experiment: Experiment, shard) -> tuple[dict | None, dict[tuple, dict]]:
