@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-__all__ = ["COMPARABLE_ENV_KEYS", "config_from_json", "config_to_json", "env_differences", "median_repeat", "memcal_version", "one_line",
-           "point_label"]
+__all__ = ["COMPARABLE_ENV_KEYS", "config_from_json", "config_to_json", "env_differences", "median_repeat",
+           "memcal_version", "one_line", "point_label"]
 
 # The one comparability rule (resume, merge, dataset, regression gate). Two environments are comparable
 # when everything that decides what torch allocates agrees: the device kind and model, its driver and
