@@ -114,8 +114,19 @@ def test_bnb_legacy_shapes():
 # checkpoint cast to bf16 on the CPU (accelerate casts, then copies); bitsandbytes 0.41 (bnb_legacy):
 # int8 quantize-on-load made CBt and SCBt too, 4-bit defaults were fp4, no double quantization, fp32
 # compute, and MatMul4Bit dequantized to fp16 and cast that to fp32; load_in_8bit/4bit loaded the rest in fp16.
-PUBLISHED = [("none", "bf16", 29.0260648727417), ("int8", "fp16", 15.219234466552734),
-             ("fp4", "fp16", 9.543574333190918)]
+# The published numbers are kept with their source in tests/data/cuda_published.toml (id "octocoder").
+def _octocoder_rows():
+    import tomllib
+    from pathlib import Path
+    facts = tomllib.loads((Path(__file__).parent / "data" / "cuda_published.toml").read_text())
+    source = next(s for s in facts["source"] if s["id"] == "octocoder")
+    assert source["unit"] == "GiB" and source["quantity"] == "allocated"
+    return [(r["weights"], r["dtype"], r["value"]) for r in source["rows"]]
+
+
+PUBLISHED = _octocoder_rows()
+assert PUBLISHED == [("none", "bf16", 29.0260648727417), ("int8", "fp16", 15.219234466552734),
+                     ("fp4", "fp16", 9.543574333190918)]
 
 
 @pytest.mark.parametrize("weights,dtype,gib", PUBLISHED)
