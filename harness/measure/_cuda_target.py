@@ -8,14 +8,18 @@ writes the allocation and free events a CUDA run of the same ops would make, in 
   by the backend CUDA would choose (estimator.cuda.select_backend, as sdp_utils.cpp does) with that
   backend's buffers (estimator.cuda.sdpa_events): its output becomes the CPU output's storage, its
   transients are allocated and freed inside the call, and the CPU logsumexp is dropped;
-* cuBLAS: the first matmul makes the cuBLAS workspace (and the first addmm the cuBLASLt one), kept.
+* cuBLAS: the first matmul makes the cuBLAS workspace (and the first addmm the cuBLASLt one), kept;
+* attention "flash" (transformers' flash_attention_2; the model was built with SDPA for the trace): the
+  SDPA call is replaced by the flash_attn package's buffers instead (estimator.cuda.flash_attn2.fa2_events:
+  the batch-1 packed-sequence check's temporaries, head-dim padding, out, the fp32 softmax_lse, split-KV
+  accumulators, rng_state), as transformers' no-padding path runs them.
 
 `replay()` runs the events through estimator.cuda.Allocator: predicted max_memory_allocated (rounded
 blocks) and max_memory_reserved; + the GPU profile's context = the device total.
 
 Not emulated (said in the record's notes): bitsandbytes (it cannot be dry-run), flash_attention_2's
-unpadding, cuDNN's own SDPA workspace (0), kernels that allocate on CUDA but not on CPU or the reverse
-outside SDPA and matmuls.
+unpadding (memcal's workloads have no padding mask), cuDNN's own SDPA workspace (0), kernels that
+allocate on CUDA but not on CPU or the reverse outside SDPA and matmuls.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from typing import Any, Mapping
 import torch
 
 from estimator.cuda import Allocator, GpuProfile, SdpaCall, SdpaEnv, parse_alloc_conf, sdpa_events, select_backend
+from estimator.cuda.flash_attn2 import NAME as FA2
+from estimator.cuda.flash_attn2 import fa2_events
 from estimator.cuda.workspaces import cublas_workspace_bytes, cublaslt_uses_cublas_workspace, cublaslt_workspace_bytes
 
 from ._tracker import StorageTracker, storage_of
@@ -47,9 +53,11 @@ class CudaTargetTracker(StorageTracker):
 
     wants_args = True
 
-    def __init__(self, gpu: GpuProfile, env: Mapping[str, str] | None = None, **kwargs: Any):
+    def __init__(self, gpu: GpuProfile, env: Mapping[str, str] | None = None, attention: str = "sdpa",
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.gpu, self.env = gpu, dict(env or {})
+        self.flash = attention == "flash"  # transformers' flash_attention_2 in place of each SDPA call
         self.events: list[tuple] = []
         self._ids: dict[int, int] = {}     # storage key -> event id
         self._next = 0
@@ -125,10 +133,14 @@ class CudaTargetTracker(StorageTracker):
                 if isinstance(t, torch.Tensor):
                     self._alloc(t.untyped_storage()._cdata, t.untyped_storage().nbytes())
             return
-        backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
+        if self.flash:
+            backend, events = FA2, fa2_events(call, self.gpu.sm_count)
+        else:
+            backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
+            events = sdpa_events(call, backend, self.gpu.sm_count)
         self.backends[backend] += 1
         names: dict[str, int] = {}
-        for event in sdpa_events(call, backend, self.gpu.sm_count):
+        for event in events:
             if event[0] == "alloc":
                 names[event[1]] = self._new_id()
                 self.events.append(("alloc", names[event[1]], event[2]))
