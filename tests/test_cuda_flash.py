@@ -22,9 +22,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from estimator.cuda import SdpaCall, get_gpu
-from estimator.cuda.flash_attn2 import (fa2_events, num_splits, num_splits_heuristic, packed_check_events, refusal,
-                                        unpad_buffers)
+from estimator.cuda import SdpaCall, flash_attn2, get_gpu
 from estimator.cuda.sdpa_buffers import flash_num_splits, peak
 from estimator.cuda.target import cuda_totals, sdpa_extra
 from estimator.spec import load_spec
@@ -34,6 +32,9 @@ from harness.measure._cuda_target import SDPA_CPU, CudaTargetTracker, sdpa_call_
 from tests.harness_helpers import quiet, tiny
 
 quiet()
+fa2_events, num_splits, refusal = flash_attn2.fa2_events, flash_attn2.num_splits, flash_attn2.refusal
+num_splits_heuristic, packed_check_events = flash_attn2.num_splits_heuristic, flash_attn2.packed_check_events
+unpad_buffers = flash_attn2.unpad_buffers
 A100_SMS, H100_SMS = 108, 132
 LLAMA8B = load_spec("meta-llama/Llama-3.1-8B")  # 32 heads, 8 kv heads, head_dim 128
 
