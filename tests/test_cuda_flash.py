@@ -223,3 +223,30 @@ def test_estimate_cli_prices_flash_on_a_gpu(capsys):
     assert "SDPA (flash_attention_2)" in text and "the prompt's call holds 8,519,696 B" in text
     t = cuda_totals(LLAMA8B, Workload(batch=1, prompt_len=1024, dtype="bf16", attention="flash"), "A100-80GB")
     assert t.allocated_bytes == 16_474_325_504  # the peak is the logits: flash's buffers are freed by then
+
+
+def test_attention_hook_tells_the_tracker_what_flash_would_be_given(monkeypatch):
+    """The dry run wraps transformers' sdpa attention function while it runs (flash only): the batch-1
+    packed-sequence check is priced where the model passes position_ids (Llama does), and the mapping is
+    restored after."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    import harness.measure._cuda_target as target
+    seen = []
+
+    def spy(call, sm_count, **kwargs):
+        seen.append((call.batch, call.q_len, kwargs.get("position_ids")))
+        return flash_attn2.fa2_events(call, sm_count, **kwargs)
+
+    monkeypatch.setattr(target, "fa2_events", spy)
+    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    r = measure(load_spec(tiny("llama")), Workload(batch=1, prompt_len=16, dtype="bf16", attention="flash"),
+                device="dry-run", gpu="A100-80GB")
+    assert r.ok and seen == [(1, 16, True)] * tiny("llama")["num_hidden_layers"]
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original
+    tracker = CudaTargetTracker(get_gpu("A100-80GB"), attention="flash")
+    with tracker.attention_hook():
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not original
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original
+    with CudaTargetTracker(get_gpu("A100-80GB")).attention_hook():  # SDPA: nothing wrapped
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original

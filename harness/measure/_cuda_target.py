@@ -23,8 +23,9 @@ allocate on CUDA but not on CPU or the reverse outside SDPA and matmuls.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -58,6 +59,7 @@ class CudaTargetTracker(StorageTracker):
         super().__init__(**kwargs)
         self.gpu, self.env = gpu, dict(env or {})
         self.flash = attention == "flash"  # transformers' flash_attention_2 in place of each SDPA call
+        self._attention_kwargs: dict = {}  # what the model passed to its attention function (attention_hook)
         self.events: list[tuple] = []
         self._ids: dict[int, int] = {}     # storage key -> event id
         self._next = 0
@@ -133,8 +135,10 @@ class CudaTargetTracker(StorageTracker):
                 if isinstance(t, torch.Tensor):
                     self._alloc(t.untyped_storage()._cdata, t.untyped_storage().nbytes())
             return
-        if self.flash:
-            backend, events = FA2, fa2_events(call, self.gpu.sm_count)
+        if self.flash:  # position_ids: assumed passed (Llama-style) when the call did not go through the hook
+            seen = self._attention_kwargs
+            backend = FA2 + (" (an SDPA mask traced: flash would not make it)" if seen.get("mask") else "")
+            events = fa2_events(call, self.gpu.sm_count, position_ids=seen.get("position_ids", True))
         else:
             backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
             events = sdpa_events(call, backend, self.gpu.sm_count)
@@ -149,6 +153,35 @@ class CudaTargetTracker(StorageTracker):
         output = out[0].untyped_storage()._cdata
         (survivor,) = names.values()  # the backend's output: freed when Python frees the CPU output
         self._ids[output] = survivor
+
+    @contextlib.contextmanager
+    def attention_hook(self) -> Iterator[None]:
+        """For attention "flash": wrap transformers' sdpa attention function while the block runs, to see
+        what flash_attention_forward would have been given (position_ids, a mask); else nothing."""
+        if not self.flash:
+            yield
+            return
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        local = ALL_ATTENTION_FUNCTIONS._local_mapping
+        had, before = "sdpa" in local, local.get("sdpa")
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+        def sdpa_seen_as_flash(module, query, key, value, attention_mask, *args, **kwargs):
+            self._attention_kwargs = {"position_ids": kwargs.get("position_ids") is not None,
+                                      "mask": attention_mask is not None}
+            try:
+                return sdpa(module, query, key, value, attention_mask, *args, **kwargs)
+            finally:
+                self._attention_kwargs = {}
+
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_seen_as_flash
+        try:
+            yield
+        finally:
+            if had:
+                local["sdpa"] = before
+            else:
+                local.pop("sdpa", None)
 
     # --- the replay ------------------------------------------------------------------------------
     def reset_peak(self) -> None:

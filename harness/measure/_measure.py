@@ -269,7 +269,8 @@ class _Run:
                            f"({cap:,} bytes)"), None, None
         status, message, output, session = "ok", "", None, None
         try:
-            with measuring(self.probe, tracker) as session, (split or contextlib.nullcontext()):
+            hook = tracker.attention_hook() if isinstance(tracker, CudaTargetTracker) else contextlib.nullcontext()
+            with measuring(self.probe, tracker) as session, (split or contextlib.nullcontext()), hook:
                 output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate,
                                    time_limit_s=self.time_limit_s, progress=self.progress)
         except DecodeMismatch as exc:
