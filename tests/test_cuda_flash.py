@@ -168,7 +168,10 @@ def test_flash_dry_run_refused_without_a_gpu_target_and_on_old_gpus():
     spec, w = load_spec(tiny("llama")), Workload(batch=1, prompt_len=8, dtype="bf16", attention="flash")
     plain = measure(spec, w, device="dry-run")
     assert plain.status == "unsupported" and "\n" not in plain.message
-    assert plain.message == "flash attention needs the flash_attn package (not installed here)"
+    assert plain.message == ("flash attention needs the flash_attn package (not installed here); "
+                             "a dry run emulates it with --gpu")
+    cpu = measure(spec, w, device="cpu")
+    assert cpu.status == "unsupported" and "--gpu" not in cpu.message
     t4 = measure(spec, w, device="dry-run", gpu="T4")
     assert t4.status == "unsupported" and "Ampere" in t4.message
     fp32 = measure(spec, w.with_(dtype="fp32"), device="dry-run", gpu="A100-80GB")

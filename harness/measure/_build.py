@@ -122,10 +122,11 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str, gpu: An
         if reason:
             return reason
     elif workload.attention == "flash":
+        hint = "; a dry run emulates it with --gpu" if device == "dry-run" else ""
         if importlib.util.find_spec("flash_attn") is None:
-            return "flash attention needs the flash_attn package (not installed here)"
+            return "flash attention needs the flash_attn package (not installed here)" + hint
         if device != "cuda":
-            return "flash attention runs on CUDA only"
+            return "flash attention runs on CUDA only" + hint
     return _record_refusal(spec, workload)
 
 
