@@ -253,3 +253,16 @@ def test_attention_hook_tells_the_tracker_what_flash_would_be_given(monkeypatch)
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original
     with CudaTargetTracker(get_gpu("A100-80GB")).attention_hook():  # SDPA: nothing wrapped
         assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original
+
+
+def test_sweep_with_a_cuda_target_runs_flash(tmp_path):
+    from memcal.commands.sweep import sweep
+    from tests.sweep_helpers import lines, write_experiment
+    exp = write_experiment(tmp_path, experiment={"gpu": "A100-80GB"}, models=("tiny-a",),
+                           grids=[dict(models=["configs/tiny-a.json"], dtypes=["bf16"], batch_sizes=[1],
+                                       prompt_lengths=[8], phases=["prefill"], attention=["flash"])])
+    out = tmp_path / "r.jsonl"
+    assert sweep(str(exp), out=str(out), progress=False).written == 1
+    _, point = lines(out)
+    assert point["status"] == "ok" and point["cuda_gpu"] == "A100-80GB"
+    assert any("flash_attention_2 x" in n for n in point["notes"])
