@@ -27,7 +27,7 @@ from estimator.cuda.sdpa_buffers import flash_num_splits, peak
 from estimator.cuda.target import cuda_totals, sdpa_extra
 from estimator.spec import load_spec
 from estimator.workload import Workload
-from harness.measure import build_model, measure, run_point
+from harness.measure import build_model, measure, run_point, unsupported_reason
 from harness.measure._cuda_target import SDPA_CPU, CudaTargetTracker, sdpa_call_of  # white-box
 from tests.harness_helpers import quiet, tiny
 
@@ -176,6 +176,11 @@ def test_flash_dry_run_refused_without_a_gpu_target_and_on_old_gpus():
     assert t4.status == "unsupported" and "Ampere" in t4.message
     fp32 = measure(spec, w.with_(dtype="fp32"), device="dry-run", gpu="A100-80GB")
     assert fp32.status == "unsupported" and "fp16 and bf16" in fp32.message
+    assert "sliding-window" in unsupported_reason(load_spec(tiny("gemma2")), w, "dry-run", "A100-80GB")
+    assert "static cache" in unsupported_reason(spec, w.with_(cache="static"), "dry-run", "A100-80GB")
+    assert "head dims differ" in unsupported_reason(load_spec("deepseek-ai/DeepSeek-V3"), w.with_(weights="dense"),
+                                                     "dry-run", "A100-80GB")
+    assert unsupported_reason(spec, w, "dry-run", get_gpu("A100-80GB")) is None
 
 
 @pytest.mark.parametrize("phase,gpu", [("prefill", "A100-80GB"), ("generate", "A100-80GB"), ("prefill", "H100-80GB"),

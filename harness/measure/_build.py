@@ -143,6 +143,9 @@ def flash_dry_run_reason(spec: ModelSpec, workload: Workload, gpu: Any) -> str |
     reason = flash_attn2.refusal(call, profile.compute_capability)
     if reason:
         return f"flash attention on {profile.name}: {reason}"
+    qk, v = spec.scope.get("qk_head_dim"), spec.scope.get("v_head_dim")
+    if qk and v and qk != v:
+        return "flash attention on the dry run: q/k and v head dims differ (transformers pads v): not emulated"
     if spec.sliding_layers:
         return "flash attention on the dry run: the sliding-window path (flash's window, no SDPA mask) is not emulated"
     if workload.cache == "static":
