@@ -225,10 +225,10 @@ def _flash_notes(spec, workload, gpu: GpuProfile) -> list[str]:
     notes = [f"flash_attention_2 (flash_attn's mha_fwd, no padding mask): the prompt's call holds {held:,} B (out, "
              f"fp32 softmax_lse, rng_state; split-KV accumulators x{flash_attn2.num_splits(prefill, gpu.sm_count)}); "
              "unpadding buffers with a padding mask are not priced (docs/measurement.md)"]
-    if workload.phase == "generate":
-        decode = sdpa_call(spec, workload, 1, workload.total_len)
+    if workload.phase == "generate" and workload.new_tokens > 1:  # the last decode step
+        decode = sdpa_call(spec, workload, 1, workload.kv_len)
         splits = flash_attn2.num_splits(decode, gpu.sm_count)
-        notes.append(f"flash_attention_2 decode step (q 1, kv {workload.total_len}): {splits} split(s), holds "
+        notes.append(f"flash_attention_2 last decode step (q 1, kv {workload.kv_len}): {splits} split(s), holds "
                      f"{events_peak(flash_attn2.fa2_events(decode, gpu.sm_count))[0]:,} B")
     reason = flash_attn2.refusal(prefill, gpu.compute_capability)
     if reason:
