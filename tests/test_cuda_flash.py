@@ -106,6 +106,13 @@ def test_decode_buffers_llama8b_swapped_with_split_kv():
     assert peak(events)[0] == 8192 + 128 + 1152 + 147_456 + 16 == 156_944
 
 
+def test_a_strided_query_makes_the_model_copy_the_output():
+    call = _llama_call(q=16, s=16)
+    events = fa2_events(call, A100_SMS, strided_query=True)
+    assert events[-2:] == [("alloc", "out", 16 * 32 * 128 * 2), ("free", "out_flash")]
+    assert _sizes(events)["out_flash"] == 16 * 32 * 128 * 2
+
+
 def test_head_dim_padding_copies_and_the_reshape_copy():
     call = SdpaCall(batch=2, heads=4, q_len=16, kv_len=16, head_dim=100, kv_heads=2, is_causal=True, enable_gqa=True)
     events = fa2_events(call, A100_SMS)
@@ -113,9 +120,9 @@ def test_head_dim_padding_copies_and_the_reshape_copy():
     assert "arange" not in sizes  # batch 2: _is_packed_sequence returns False on the shape
     assert sizes["q_padded"] == 2 * 16 * 4 * 104 * 2 == 26_624  # F.pad to 104
     assert sizes["k_padded"] == sizes["v_padded"] == 2 * 16 * 2 * 104 * 2 == 13_312
-    assert sizes["out_padded"] == 26_624 and sizes["softmax_lse"] == 2 * 4 * 16 * 4
+    assert sizes["out_flash"] == 26_624 and sizes["softmax_lse"] == 2 * 4 * 16 * 4
     assert sizes["out"] == 2 * 16 * 4 * 100 * 2 == 25_600  # the model's reshape of out_padded[..., :100]
-    assert events[-2:] == [("alloc", "out", 25_600), ("free", "out_padded")]
+    assert events[-2:] == [("alloc", "out", 25_600), ("free", "out_flash")]
     assert peak(events)[0] == 26_624 + 2 * 13_312 + 26_624 + 512 + 16
     live = {e[1] for e in events if e[0] == "alloc"} - {e[1] for e in events if e[0] == "free"}
     assert live == {"out"}
@@ -243,14 +250,18 @@ def test_attention_hook_tells_the_tracker_what_flash_would_be_given(monkeypatch)
     seen = []
 
     def spy(call, sm_count, **kwargs):
-        seen.append((call.batch, call.q_len, kwargs.get("position_ids")))
+        seen.append((call.batch, call.q_len, kwargs.get("position_ids"), kwargs.get("strided_query")))
         return flash_attn2.fa2_events(call, sm_count, **kwargs)
 
     monkeypatch.setattr(target, "fa2_events", spy)
     original = ALL_ATTENTION_FUNCTIONS["sdpa"]
     r = measure(load_spec(tiny("llama")), Workload(batch=1, prompt_len=16, dtype="bf16", attention="flash"),
                 device="dry-run", gpu="A100-80GB")
-    assert r.ok and seen == [(1, 16, True)] * tiny("llama")["num_hidden_layers"]
+    assert r.ok and seen == [(1, 16, True, False)] * tiny("llama")["num_hidden_layers"]
+    seen.clear()  # Phi-3's rotary ends in a cat: q laid out (b, h, s, d), flash's out too, the reshape copies it
+    r = measure(load_spec(tiny("phi3")), Workload(batch=1, prompt_len=16, dtype="bf16", attention="flash"),
+                device="dry-run", gpu="A100-80GB")
+    assert r.ok and seen and all(strided for *_, strided in seen)
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original
     tracker = CudaTargetTracker(get_gpu("A100-80GB"), attention="flash")
     with tracker.attention_hook():

@@ -32,7 +32,9 @@ stride-1 last dim, so ``maybe_contiguous`` copies nothing). In order:
 * back in Python, softmax_lse, the empty p and rng_state are dropped when FlashAttnFunc.forward returns
   (inference: nothing is saved for backward), with the padded q, k, v; ``out_padded[..., :d]`` is a view,
   so with a padded head_dim the model's ``attn_output.reshape(b, s, -1)`` copies it (b * s_q * h * d) and
-  the padded output goes: emitted here, inside the call (no allocation lies between the two).
+  the padded output goes: emitted here, inside the call (no allocation lies between the two); the same
+  copy when q's (b, s, h, d) view is laid out (b, h, s, d) (``strided_query``: out = empty_like(q) keeps
+  that layout), which the dry run tells from the query it sees.
 
 With a padding mask (``_upad_input`` -> ``flash_attn_varlen_func`` -> ``pad_input``), see
 `unpad_buffers` for the sizes; memcal's workloads do not run that path (docs/measurement.md).
@@ -101,12 +103,14 @@ def num_splits_heuristic(bhm: int, num_sms: int, n_blocks: int, max_splits: int)
 
 
 def fa2_events(call: SdpaCall, sm_count: int, *, position_ids: bool = True,
-               sliding_window: bool = False) -> list[tuple]:
+               sliding_window: bool = False, strided_query: bool = False) -> list[tuple]:
     """The alloc/free events of one transformers flash_attention_2 call without a padding mask (module doc).
 
     ``call``: the layer's shapes as an SdpaCall (q (b, heads, q_len, d), k/v (b, kv_heads, kv_len, d)).
     ``position_ids``: the model passes position_ids to its attention (the batch-1 packed-sequence check).
-    ``sliding_window``: the layer passes a window to flash (it disables the GQA decode swap)."""
+    ``sliding_window``: the layer passes a window to flash (it disables the GQA decode swap).
+    ``strided_query``: q's (b, s, h, d) view is dense but not contiguous (laid out (b, h, s, d)), so
+    empty_like gives out that layout and the model's reshape(b, s, -1) copies it (the dry run sees q)."""
     e, d, d8 = call.element_bytes, call.head_dim, _ceil_to(call.head_dim, 8)
     b, h, hk, q, s = call.batch, call.heads, call.kv_h, call.q_len, call.kv_len
     events: list[tuple] = []
@@ -115,7 +119,8 @@ def fa2_events(call: SdpaCall, sm_count: int, *, position_ids: bool = True,
     if d8 != d:
         events += [("alloc", "q_padded", b * q * h * d8 * e), ("alloc", "k_padded", b * s * hk * d8 * e),
                    ("alloc", "v_padded", b * s * hk * d8 * e)]
-    out = "out_padded" if d8 != d else "out"
+    copied = d8 != d or strided_query
+    out = "out_flash" if copied else "out"
     events += [("alloc", out, b * q * h * d8 * e), ("alloc", "softmax_lse", b * h * q * 4)]
     splits = num_splits(call, sm_count, sliding_window)
     if splits > 1:
@@ -128,8 +133,9 @@ def fa2_events(call: SdpaCall, sm_count: int, *, position_ids: bool = True,
         events += [("free", "out_accum"), ("free", "softmax_lse_accum")]
     events += [("free", "softmax_lse"), ("free", "rng_state")]
     if d8 != d:
-        events += [("free", "q_padded"), ("free", "k_padded"), ("free", "v_padded"),
-                   ("alloc", "out", b * q * h * d * e), ("free", "out_padded")]
+        events += [("free", "q_padded"), ("free", "k_padded"), ("free", "v_padded")]
+    if copied:  # the model's attn_output.reshape(b, s, -1) of a sliced or strided output: a copy
+        events += [("alloc", "out", b * q * h * d * e), ("free", "out_flash")]
     return events
 
 

@@ -138,7 +138,8 @@ class CudaTargetTracker(StorageTracker):
         if self.flash:  # position_ids: assumed passed (Llama-style) when the call did not go through the hook
             seen = self._attention_kwargs
             backend = FA2 + (" (an SDPA mask traced: flash would not make it)" if seen.get("mask") else "")
-            events = fa2_events(call, self.gpu.sm_count, position_ids=seen.get("position_ids", True))
+            events = fa2_events(call, self.gpu.sm_count, position_ids=seen.get("position_ids", True),
+                                strided_query=seen.get("strided_query", False))
         else:
             backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
             events = sdpa_events(call, backend, self.gpu.sm_count)
@@ -167,8 +168,10 @@ class CudaTargetTracker(StorageTracker):
         sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
 
         def sdpa_seen_as_flash(module, query, key, value, attention_mask, *args, **kwargs):
+            q = query.transpose(1, 2)  # what flash_attention_forward hands flash_attn_func
             self._attention_kwargs = {"position_ids": kwargs.get("position_ids") is not None,
-                                      "mask": attention_mask is not None}
+                                      "mask": attention_mask is not None,
+                                      "strided_query": not q.is_contiguous() and _dense(q)}
             try:
                 return sdpa(module, query, key, value, attention_mask, *args, **kwargs)
             finally:
@@ -214,6 +217,16 @@ class CudaTargetTracker(StorageTracker):
                           load_reserved_bytes=load_reserved, fits=alloc.max_reserved_bytes <= fits,
                           usable_bytes=self.gpu.usable_bytes,
                           backends=dict(self.backends), events=len(self.events))
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense (a permutation of a contiguous layout): what empty_like keeps the strides of."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def sdpa_call_of(q, k, v, rest, kwargs) -> SdpaCall | None:
