@@ -35,10 +35,9 @@ Sources, per backend (inference: no input requires grad, so no logsumexp for eff
 """
 from __future__ import annotations
 
-import math
-
 from estimator.errors import MemcalError
 
+from .flash_attn2 import num_splits_heuristic
 from .sdpa import SdpaCall
 
 _RNG_STATE_BYTES, _UNUSED_BYTES = 16, 8  # at::empty({2}, kUInt64), at::empty({}, kUInt64)
@@ -80,13 +79,9 @@ def flash_num_splits(call: SdpaCall, sm_count: int) -> int:
 
 
 def _num_splits_heuristic(bhm: int, num_sms: int, n_blocks: int, max_splits: int) -> int:
-    if bhm >= 0.8 * num_sms:
-        return 1
-    max_splits = min(max_splits, num_sms, n_blocks)
-    eligible = [s for s in range(1, max_splits + 1) if s == 1 or -(-n_blocks // s) != -(-n_blocks // (s - 1))]
-    efficiency = {s: (bhm * s / num_sms) / math.ceil(bhm * s / num_sms) for s in eligible}
-    best = max(efficiency.values(), default=0.0)
-    return next((s for s in eligible if efficiency[s] >= 0.85 * best), 1)
+    """flash_api.cpp's num_splits_heuristic (the same function in PyTorch's copy and in flash_attn's), in its
+    float arithmetic: flash_attn2.num_splits_heuristic."""
+    return num_splits_heuristic(bhm, num_sms, n_blocks, max_splits)
 
 
 def _flash_heads_q(call: SdpaCall) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from estimator.errors import MemcalError
 
+from . import flash_attn2
 from .alloc_config import AllocatorOptions, parse_alloc_conf
 from .allocator import Allocator
 from .gpus import GpuProfile, load_gpu
@@ -110,12 +111,22 @@ def cpu_flash_bytes(call: SdpaCall) -> int:
     return call.batch * call.q_len * call.heads * call.d_v * call.element_bytes + call.batch * call.heads * call.q_len * 4
 
 
+def attention_events(spec, workload, gpu: GpuProfile, q_len: int, kv_len: int) -> tuple[str, list[tuple]]:
+    """(backend, the alloc/free events of one layer's attention call on CUDA): the SDPA backend sdp_utils.cpp
+    picks and its buffers (sdpa_buffers.py), or for attention "flash" transformers' flash_attention_2 path
+    without a padding mask (flash_attn2.py; "flash_attention_2")."""
+    call = sdpa_call(spec, workload, q_len, kv_len)
+    if workload.attention == "flash":
+        return flash_attn2.NAME, flash_attn2.fa2_events(call, gpu.sm_count)
+    backend = select_backend(call, SdpaEnv.for_gpu(gpu)).backend
+    return backend, sdpa_events(call, backend, gpu.sm_count)
+
+
 def sdpa_extra(spec, workload, gpu: GpuProfile, q_len: int, kv_len: int) -> tuple[str, int]:
     """(backend, bytes the CUDA backend holds at its peak beyond the CPU kernel's outputs; may be < 0)."""
-    call = sdpa_call(spec, workload, q_len, kv_len)
-    backend = select_backend(call, SdpaEnv.for_gpu(gpu)).backend
-    held, _ = events_peak(sdpa_events(call, backend, gpu.sm_count))
-    return backend, held - cpu_flash_bytes(call)
+    backend, events = attention_events(spec, workload, gpu, q_len, kv_len)
+    held, _ = events_peak(events)
+    return backend, held - cpu_flash_bytes(sdpa_call(spec, workload, q_len, kv_len))
 
 
 # --- the totals -------------------------------------------------------------------------------------
@@ -152,11 +163,11 @@ def cuda_totals(spec, workload, gpu: GpuProfile | str, *, breakdown=None, option
     rounding = sum(ceil_block(s) - s for s in sizes) if dense else 0
     workspaces = workspace_allocations(gpu, env, cublaslt=_has_bias(spec))
     backend, extra, attention_point, sdpa_blocks = None, 0, 0, []
-    if workload.attention == "sdpa":
+    if workload.attention in ("sdpa", "flash"):
         backend, extra, attention_point = _sdpa_terms(spec, workload, gpu, breakdown)
-        sdpa_blocks = _sdpa_blocks(spec, workload, gpu, backend)
+        sdpa_blocks = _sdpa_blocks(spec, workload, gpu)
     if workload.attention == "flash":
-        notes.append("flash_attention_2: its CUDA buffers (fp32 logsumexp, unpadding with a padding mask) are not added")
+        notes.extend(_flash_notes(spec, workload, gpu))
     ws = sum(workspaces)
     extra = max(breakdown.total_bytes + extra, attention_point) - breakdown.total_bytes
     bnb_extra, what = inference_transient(spec, workload, gpu, options.bnb_compute_dtype, bnb_legacy)
@@ -190,8 +201,7 @@ def _sdpa_terms(spec, workload, gpu: GpuProfile, breakdown) -> tuple[str, int, i
     CPU kernel the formula was derived from (math on a T4: fp32 copies and two score matrices)."""
     s = workload.prompt_len
     backend, extra = sdpa_extra(spec, workload, gpu, s, s)
-    call = sdpa_call(spec, workload, s, s)
-    held, _ = events_peak(sdpa_events(call, backend, gpu.sm_count))
+    held, _ = events_peak(attention_events(spec, workload, gpu, s, s)[1])
     e, b = workload.dtype_bytes, workload.batch
     qkv = b * s * (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim * e
     residual = 2 * b * s * spec.hidden_size * e
@@ -200,11 +210,30 @@ def _sdpa_terms(spec, workload, gpu: GpuProfile, breakdown) -> tuple[str, int, i
     return backend, (extra if at_attention else 0), point
 
 
-def _sdpa_blocks(spec, workload, gpu: GpuProfile, backend: str) -> list[int]:
+def _sdpa_blocks(spec, workload, gpu: GpuProfile) -> list[int]:
     """The blocks the prompt's SDPA call holds at its peak on CUDA, beyond its output (for the replay)."""
     s = workload.prompt_len
-    _, live = events_peak(sdpa_events(sdpa_call(spec, workload, s, s), backend, gpu.sm_count))
+    _, live = events_peak(attention_events(spec, workload, gpu, s, s)[1])
     return [size for name, size in live if name != "out"]
+
+
+def _flash_notes(spec, workload, gpu: GpuProfile) -> list[str]:
+    """What the flash_attention_2 pricing adds, per layer call, and what flash_attn would refuse."""
+    s = workload.prompt_len
+    prefill = sdpa_call(spec, workload, s, s)
+    held, _ = events_peak(flash_attn2.fa2_events(prefill, gpu.sm_count))
+    notes = [f"flash_attention_2 (flash_attn's mha_fwd, no padding mask): the prompt's call holds {held:,} B (out, "
+             f"fp32 softmax_lse, rng_state; split-KV accumulators x{flash_attn2.num_splits(prefill, gpu.sm_count)}); "
+             "unpadding buffers with a padding mask are not priced (docs/measurement.md)"]
+    if workload.phase == "generate" and workload.new_tokens > 1:  # the last decode step
+        decode = sdpa_call(spec, workload, 1, workload.kv_len)
+        splits = flash_attn2.num_splits(decode, gpu.sm_count)
+        notes.append(f"flash_attention_2 last decode step (q 1, kv {workload.kv_len}): {splits} split(s), holds "
+                     f"{events_peak(flash_attn2.fa2_events(decode, gpu.sm_count))[0]:,} B")
+    reason = flash_attn2.refusal(prefill, gpu.compute_capability)
+    if reason:
+        notes.append(f"flash_attn would refuse this on {gpu.name}: {reason}")
+    return notes
 
 
 def _where(breakdown) -> str:
@@ -269,5 +298,5 @@ def breakdown_kv(spec, workload) -> int:
     return formula.kv_cache_bytes(spec, workload)
 
 
-__all__ = ["CudaTotals", "SINCE", "cpu_flash_bytes", "cuda_totals", "load_transient", "sdpa_call", "sdpa_extra",
+__all__ = ["CudaTotals", "SINCE", "attention_events", "cpu_flash_bytes", "cuda_totals", "load_transient", "sdpa_call", "sdpa_extra",
            "weight_tensor_sizes"]

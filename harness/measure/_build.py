@@ -96,8 +96,9 @@ def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     return out + extra
 
 
-def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str | None:
-    """One line saying why the harness cannot run this point, or None. Estimate-only settings end here."""
+def unsupported_reason(spec: ModelSpec, workload: Workload, device: str, gpu: Any = None) -> str | None:
+    """One line saying why the harness cannot run this point, or None. Estimate-only settings end here.
+    ``gpu``: the dry run's CUDA target (a GpuProfile, a name or None), which lets a dry run take flash."""
     if workload.is_gguf:
         return f"GGUF {workload.weights} weights are estimate-only: the harness runs transformers models"
     reason = positions_reason(spec, workload)
@@ -116,12 +117,40 @@ def unsupported_reason(spec: ModelSpec, workload: Workload, device: str) -> str 
             return "a dry run cannot quantize: bitsandbytes quantizes with real kernels (measure on cpu or cuda)"
         if device == "mps":
             return "bitsandbytes has no MPS backend"
-    if workload.attention == "flash":
+    if workload.attention == "flash" and device == "dry-run" and gpu:
+        reason = flash_dry_run_reason(spec, workload, gpu)
+        if reason:
+            return reason
+    elif workload.attention == "flash":
+        hint = "; a dry run emulates it with --gpu" if device == "dry-run" else ""
         if importlib.util.find_spec("flash_attn") is None:
-            return "flash attention needs the flash_attn package (not installed here)"
+            return "flash attention needs the flash_attn package (not installed here)" + hint
         if device != "cuda":
-            return "flash attention runs on CUDA only"
+            return "flash attention runs on CUDA only" + hint
     return _record_refusal(spec, workload)
+
+
+def flash_dry_run_reason(spec: ModelSpec, workload: Workload, gpu: Any) -> str | None:
+    """Why the CUDA-target dry run cannot emulate transformers' flash_attention_2 here, or None
+    (harness/measure/_cuda_target.py: the trace runs SDPA, flash's buffers replace the SDPA call's)."""
+    from estimator.cuda import SdpaCall, flash_attn2, gpu_from_dict, load_gpu
+    profile = gpu if hasattr(gpu, "compute_capability") else gpu_from_dict(gpu) if isinstance(gpu, dict) \
+        else load_gpu(gpu)
+    if workload.dtype not in ("fp16", "bf16"):
+        return f"flash attention on the CUDA target: FlashAttention only supports fp16 and bf16, not {workload.dtype}"
+    call = SdpaCall(batch=1, heads=spec.num_heads, q_len=1, kv_len=1, head_dim=spec.head_dim, dtype=workload.dtype,
+                    kv_heads=spec.num_kv_heads)
+    reason = flash_attn2.refusal(call, profile.compute_capability)
+    if reason:
+        return f"flash attention on {profile.name}: {reason}"
+    qk, v = spec.scope.get("qk_head_dim"), spec.scope.get("v_head_dim")
+    if qk and v and qk != v:
+        return "flash attention on the dry run: q/k and v head dims differ (transformers pads v): not emulated"
+    if spec.sliding_layers:
+        return "flash attention on the dry run: the sliding-window path (flash's window, no SDPA mask) is not emulated"
+    if workload.cache == "static":
+        return "flash attention on the dry run: a static cache takes flash's unpadding path, which is not emulated"
+    return None
 
 
 def positions_reason(spec: ModelSpec, workload: Workload) -> str | None:
@@ -148,7 +177,7 @@ def _record_refusal(spec: ModelSpec, workload: Workload) -> str | None:
     return None
 
 
-def _config(spec: ModelSpec, workload: Workload):
+def _config(spec: ModelSpec, workload: Workload, dry_run: bool = False):
     from transformers import AutoConfig
     raw = {k: v for k, v in dict(spec.config).items() if k not in _CHECKPOINT_KEYS}
     model_type = raw.pop("model_type")
@@ -157,6 +186,8 @@ def _config(spec: ModelSpec, workload: Workload):
     except (ValueError, KeyError) as exc:
         raise MemcalError(f"transformers cannot build a {model_type!r} model: {exc}".splitlines()[0]) from None
     config._attn_implementation = ATTN_IMPL[workload.attention]
+    if workload.attention == "flash" and dry_run:  # the dry run's CUDA target: SDPA traced, flash's buffers substituted
+        config._attn_implementation = "sdpa"
     return config
 
 
@@ -197,13 +228,14 @@ def _random(config, workload: Workload, torch_device: str, fake_mode=None):
 
 
 def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, weights_path: str | Path | None = None,
-                trust_remote_code: bool = False, seed: int = 0, placement: Any = None) -> BuiltModel:
+                trust_remote_code: bool = False, seed: int = 0, placement: Any = None, gpu: Any = None) -> BuiltModel:
     """Build the model a workload runs on (see the module docstring). Raises MemcalError on bad input.
 
     ``placement`` (a `Placement`) splits the model over GPUs: on the dry run the devices are virtual
     (harness/measure/_devices.py); on CUDA the random weights are made on the host and dispatched by
-    accelerate's ``dispatch_model``, as ``from_pretrained(device_map=...)`` does."""
-    reason = unsupported_reason(spec, workload, device)
+    accelerate's ``dispatch_model``, as ``from_pretrained(device_map=...)`` does. ``gpu``: the dry run's
+    CUDA target; with it a dry run builds attention "flash" as SDPA (the target substitutes flash's buffers)."""
+    reason = unsupported_reason(spec, workload, device, gpu)
     if reason:
         raise MemcalError(reason)
     if placement is not None and device not in ("dry-run", "cuda"):
@@ -223,7 +255,10 @@ def build_model(spec: ModelSpec, workload: Workload, device: str = "cpu", *, wei
         fake_mode = DryRunMode()
         if getattr(fake_mode, "note", ""):  # the stock mode (benchmarks, tests) has none
             notes.append(fake_mode.note)
-        model = _random(_config(spec, workload), workload, torch_device, fake_mode)
+        if workload.attention == "flash":
+            notes.append("dry run: flash_attention_2 traced as SDPA on the CPU; the CUDA target replaces each SDPA "
+                         "call's buffers with flash_attn's (estimator/cuda/flash_attn2.py)")
+        model = _random(_config(spec, workload, dry_run=True), workload, torch_device, fake_mode)
     elif weights_path is not None:
         _check_folder(Path(weights_path))
         model = _from_pretrained(Path(weights_path), workload, torch_device, trust_remote_code)

@@ -8,23 +8,30 @@ writes the allocation and free events a CUDA run of the same ops would make, in 
   by the backend CUDA would choose (estimator.cuda.select_backend, as sdp_utils.cpp does) with that
   backend's buffers (estimator.cuda.sdpa_events): its output becomes the CPU output's storage, its
   transients are allocated and freed inside the call, and the CPU logsumexp is dropped;
-* cuBLAS: the first matmul makes the cuBLAS workspace (and the first addmm the cuBLASLt one), kept.
+* cuBLAS: the first matmul makes the cuBLAS workspace (and the first addmm the cuBLASLt one), kept;
+* attention "flash" (transformers' flash_attention_2; the model was built with SDPA for the trace): the
+  SDPA call is replaced by the flash_attn package's buffers instead (estimator.cuda.flash_attn2.fa2_events:
+  the batch-1 packed-sequence check's temporaries, head-dim padding, out, the fp32 softmax_lse, split-KV
+  accumulators, rng_state), as transformers' no-padding path runs them.
 
 `replay()` runs the events through estimator.cuda.Allocator: predicted max_memory_allocated (rounded
 blocks) and max_memory_reserved; + the GPU profile's context = the device total.
 
 Not emulated (said in the record's notes): bitsandbytes (it cannot be dry-run), flash_attention_2's
-unpadding, cuDNN's own SDPA workspace (0), kernels that allocate on CUDA but not on CPU or the reverse
-outside SDPA and matmuls.
+unpadding (memcal's workloads have no padding mask), cuDNN's own SDPA workspace (0), kernels that
+allocate on CUDA but not on CPU or the reverse outside SDPA and matmuls.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
 from estimator.cuda import Allocator, GpuProfile, SdpaCall, SdpaEnv, parse_alloc_conf, sdpa_events, select_backend
+from estimator.cuda.flash_attn2 import NAME as FA2
+from estimator.cuda.flash_attn2 import fa2_events
 from estimator.cuda.workspaces import cublas_workspace_bytes, cublaslt_uses_cublas_workspace, cublaslt_workspace_bytes
 
 from ._tracker import StorageTracker, storage_of
@@ -47,9 +54,12 @@ class CudaTargetTracker(StorageTracker):
 
     wants_args = True
 
-    def __init__(self, gpu: GpuProfile, env: Mapping[str, str] | None = None, **kwargs: Any):
+    def __init__(self, gpu: GpuProfile, env: Mapping[str, str] | None = None, attention: str = "sdpa",
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.gpu, self.env = gpu, dict(env or {})
+        self.flash = attention == "flash"  # transformers' flash_attention_2 in place of each SDPA call
+        self._attention_kwargs: dict = {}  # what the model passed to its attention function (attention_hook)
         self.events: list[tuple] = []
         self._ids: dict[int, int] = {}     # storage key -> event id
         self._next = 0
@@ -125,10 +135,17 @@ class CudaTargetTracker(StorageTracker):
                 if isinstance(t, torch.Tensor):
                     self._alloc(t.untyped_storage()._cdata, t.untyped_storage().nbytes())
             return
-        backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
+        if self.flash:  # position_ids: assumed passed (Llama-style) when the call did not go through the hook
+            seen = self._attention_kwargs
+            backend = FA2 + (" (an SDPA mask traced: flash would not make it)" if seen.get("mask") else "")
+            events = fa2_events(call, self.gpu.sm_count, position_ids=seen.get("position_ids", True),
+                                strided_query=seen.get("strided_query", False))
+        else:
+            backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
+            events = sdpa_events(call, backend, self.gpu.sm_count)
         self.backends[backend] += 1
         names: dict[str, int] = {}
-        for event in sdpa_events(call, backend, self.gpu.sm_count):
+        for event in events:
             if event[0] == "alloc":
                 names[event[1]] = self._new_id()
                 self.events.append(("alloc", names[event[1]], event[2]))
@@ -137,6 +154,37 @@ class CudaTargetTracker(StorageTracker):
         output = out[0].untyped_storage()._cdata
         (survivor,) = names.values()  # the backend's output: freed when Python frees the CPU output
         self._ids[output] = survivor
+
+    @contextlib.contextmanager
+    def attention_hook(self) -> Iterator[None]:
+        """For attention "flash": wrap transformers' sdpa attention function while the block runs, to see
+        what flash_attention_forward would have been given (position_ids, a mask); else nothing."""
+        if not self.flash:
+            yield
+            return
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        local = ALL_ATTENTION_FUNCTIONS._local_mapping
+        had, before = "sdpa" in local, local.get("sdpa")
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+        def sdpa_seen_as_flash(module, query, key, value, attention_mask, *args, **kwargs):
+            q = query.transpose(1, 2)  # what flash_attention_forward hands flash_attn_func
+            self._attention_kwargs = {"position_ids": kwargs.get("position_ids") is not None,
+                                      "mask": attention_mask is not None,
+                                      "strided_query": not q.is_contiguous() and _dense(q)}
+            try:
+                return sdpa(module, query, key, value, attention_mask, *args, **kwargs)
+            finally:
+                self._attention_kwargs = {}
+
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_seen_as_flash
+        try:
+            yield
+        finally:
+            if had:
+                local["sdpa"] = before
+            else:
+                local.pop("sdpa", None)
 
     # --- the replay ------------------------------------------------------------------------------
     def reset_peak(self) -> None:
@@ -169,6 +217,16 @@ class CudaTargetTracker(StorageTracker):
                           load_reserved_bytes=load_reserved, fits=alloc.max_reserved_bytes <= fits,
                           usable_bytes=self.gpu.usable_bytes,
                           backends=dict(self.backends), events=len(self.events))
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense (a permutation of a contiguous layout): what empty_like keeps the strides of."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def sdpa_call_of(q, k, v, rest, kwargs) -> SdpaCall | None:

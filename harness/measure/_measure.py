@@ -80,7 +80,7 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
                                  gpu=dataclasses.asdict(gpu) if gpu else None, cuda_env=cuda_env,
                                  extrapolate=extrapolate, time_limit_s=time_limit_s, precheck=precheck)
     probe = get_probe(device, gpus=placement.gpus if placement is not None else 1)
-    reason = probe.unavailable() or unsupported_reason(spec, workload, device)
+    reason = probe.unavailable() or unsupported_reason(spec, workload, device, gpu)
     if reason:
         return record_status(spec, workload, device, "unsupported", reason)
     if precheck and device != "dry-run":
@@ -90,7 +90,7 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
     with _gc_frozen(collect=not probe.fake):
         try:
             built = build_model(spec, workload, device, weights_path=weights_path,
-                                trust_remote_code=trust_remote_code, placement=placement)
+                                trust_remote_code=trust_remote_code, placement=placement, gpu=gpu)
         except MemcalError:
             raise
         except Exception as exc:  # failure is data: a sweep goes on
@@ -187,12 +187,12 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     probe = probe or get_probe(device, built.fake_mode)
     if probe.fake and getattr(probe, "fake_mode", None) is None:
         probe.fake_mode = built.fake_mode
-    reason = unsupported_reason(spec, workload, device)
+    gpu = _gpu(gpu, device)
+    reason = unsupported_reason(spec, workload, device, gpu)
     if reason:
         return record_status(spec, workload, device, "unsupported", reason)
     if isinstance(probe, CudaProbe):
         probe.warm_up(TORCH_DTYPES[workload.dtype])
-    gpu = _gpu(gpu, device)
     common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
     input_ids = make_inputs(built, workload)
     notes = list(built.notes)
@@ -253,7 +253,8 @@ class _Run:
     def __call__(self, input_ids: torch.Tensor, extrapolate: bool):
         built, cap = self.built, self.memory_cap
         kwargs = dict(device_type=torch.device(built.torch_device).type, cap_bytes=cap, keep_trace=self.keep_trace)
-        tracker = self.tracker = CudaTargetTracker(self.gpu, self.cuda_env, **kwargs) if self.gpu \
+        tracker = self.tracker = CudaTargetTracker(self.gpu, self.cuda_env, attention=self.workload.attention,
+                                                   **kwargs) if self.gpu \
             else StorageTracker(**kwargs)
         if self.tracker_out is not None:
             self.tracker_out[:] = [tracker]
@@ -268,7 +269,8 @@ class _Run:
                            f"({cap:,} bytes)"), None, None
         status, message, output, session = "ok", "", None, None
         try:
-            with measuring(self.probe, tracker) as session, (split or contextlib.nullcontext()):
+            hook = tracker.attention_hook() if isinstance(tracker, CudaTargetTracker) else contextlib.nullcontext()
+            with measuring(self.probe, tracker) as session, (split or contextlib.nullcontext()), hook:
                 output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate,
                                    time_limit_s=self.time_limit_s, progress=self.progress)
         except DecodeMismatch as exc:

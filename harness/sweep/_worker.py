@@ -95,7 +95,7 @@ class Worker:
         from estimator.errors import MemcalError
         from harness.measure import build_failure, build_model
         try:
-            self.built = build_model(self.spec, workload, self.device)
+            self.built = build_model(self.spec, workload, self.device, gpu=self.gpu)
         except MemcalError as exc:
             return self._status(workload, "error", "while building: " + str(exc).splitlines()[0], "build")
         except Exception as exc:  # failure is data
@@ -107,7 +107,7 @@ class Worker:
     def _unsupported(self, workload) -> str | None:
         from harness.measure import get_probe, unsupported_reason
         # positions past a learned table are refused there too (one rule: harness.measure's positions_reason)
-        return get_probe(self.device).unavailable() or unsupported_reason(self.spec, workload, self.device)
+        return get_probe(self.device).unavailable() or unsupported_reason(self.spec, workload, self.device, self.gpu)
 
     def measure(self, workload) -> tuple[str, dict]:
         """(stage, record dict) for one point."""
