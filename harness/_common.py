@@ -24,22 +24,27 @@ __all__ = ["COMPARABLE_ENV_KEYS", "config_from_json", "config_to_json", "env_dif
 # is what the regression gate is for. The commit stays in every header as provenance.
 COMPARABLE_ENV_KEYS = ("device", "device_name", "compute_capability", "driver", "cuda_version", "torch",
                        "transformers", "bitsandbytes", "accelerate", "cpu_flags")
-# The CPU features that change a CPU run (AVX512-BF16, AMX), recorded since issue 12: compared for cpu
-# runs only (a dry run or a GPU run does not depend on them), and only when both environments recorded
-# them, so that older files stay comparable with newer ones.
+# The CPU features that change a CPU run (AVX512-BF16, AMX: bitsandbytes' CPU kernels), recorded since
+# issue 12: compared for cpu runs only (a dry run or a GPU run does not depend on them), only when both
+# environments recorded them (older files stay comparable with newer ones), and, where the caller knows
+# the points at stake (the regression gate), only when some of them are bitsandbytes-quantized.
 CPU_ONLY_KEYS = ("cpu_flags",)
 
 
-def _compared(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def _compared(key: str, a: Mapping[str, Any], b: Mapping[str, Any], weights: Iterable[str] | None) -> bool:
     if key in CPU_ONLY_KEYS:
-        return a.get("device") == "cpu" and key in a and key in b
+        from estimator.workload import BNB_BITS  # bitsandbytes' CPU kernels: the only CPU path the flags change
+        return a.get("device") == "cpu" and key in a and key in b and \
+            (weights is None or any(w in BNB_BITS for w in weights))
     return True
 
 
-def env_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """'key: a vs b' for every comparable env key on which two environments disagree."""
+def env_differences(a: Mapping[str, Any], b: Mapping[str, Any], weights: Iterable[str] | None = None) -> list[str]:
+    """'key: a vs b' for every comparable env key on which two environments disagree. ``weights``: the
+    weight formats of the points at stake, when known: CPU flags matter only to bitsandbytes points."""
+    weights = None if weights is None else set(weights)
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in COMPARABLE_ENV_KEYS
-            if a.get(k) != b.get(k) and _compared(k, a, b)]
+            if a.get(k) != b.get(k) and _compared(k, a, b, weights)]
 
 
 def one_line(exc: BaseException) -> str:

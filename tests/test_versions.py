@@ -93,3 +93,21 @@ def test_cpu_flags_decide_comparability_of_cpu_runs_only():
     assert env_differences(a, b) == ["cpu_flags: ['avx2', 'avx512_bf16'] vs ['avx2']"]
     assert env_differences(a, {"device": "cpu"}) == []  # a file from before the key existed
     assert env_differences({**a, "device": "dry-run"}, {**b, "device": "dry-run"}) == []
+
+
+def test_cpu_flags_matter_to_the_gate_only_for_bitsandbytes_points(tmp_path):
+    """The regression gate passes the baseline's weight formats: CPU flags change bitsandbytes' CPU
+    kernels only, so a dense baseline recorded on an AMX machine gates a run on one without."""
+    from harness import env_differences
+    a = {"device": "cpu", "cpu_flags": ["avx2", "amx_bf16"]}
+    b = {"device": "cpu", "cpu_flags": ["avx2"]}
+    assert env_differences(a, b, {"none"}) == []
+    assert env_differences(a, b, {"none", "nf4"}) == ["cpu_flags: ['avx2', 'amx_bf16'] vs ['avx2']"]
+    from harness.gate._regress import _reasons
+    from harness.sweep import ResultsFile
+    head = {"fingerprint": "f", "env": a}
+    dense = ResultsFile(str(tmp_path / "a"), head, [{"workload": {"weights": "none"}}])
+    quantized = ResultsFile(str(tmp_path / "a"), head, [{"workload": {"weights": "int8"}}])
+    current = ResultsFile(str(tmp_path / "b"), {"fingerprint": "f", "env": b}, [])
+    assert _reasons(dense, current) == ([], [])
+    assert _reasons(quantized, current)[1] == ["cpu_flags: ['avx2', 'amx_bf16'] vs ['avx2']"]

@@ -307,7 +307,8 @@ def _reasons(baseline: ResultsFile, current: ResultsFile) -> tuple[list[str], li
     if bh.get("fingerprint") != ch.get("fingerprint"):
         reasons.append(f"experiment fingerprint: {bh.get('fingerprint')!r} vs {ch.get('fingerprint')!r} "
                        "(a different grid or model config)")
-    return reasons, env_differences(bh.get("env") or {}, ch.get("env") or {})
+    weights = {(r.get("workload") or {}).get("weights", "none") for r in baseline.records}
+    return reasons, env_differences(bh.get("env") or {}, ch.get("env") or {}, weights)
 
 
 def compare(baseline: ResultsFile, current: ResultsFile, *, thresholds: Thresholds = Thresholds(),
