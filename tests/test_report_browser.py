@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_INPUTS = [ROOT / "results/baselines/cpu-smoke.jsonl", ROOT / "tests/data/report-fixture.jsonl"]
+# what `make demo` reports: the committed CPU baseline (cpu-smoke, 72 points) and the demo's dry run
+# (experiments/demo-dryrun.toml, 12 points, swept by the `demo` fixture)
+BASELINE = ROOT / "results/baselines/cpu-smoke.jsonl"
+DEMO_POINTS = 72 + 12
 COMMITTED = sorted((ROOT / "results/reports").glob("*/report.html"))
 VIEWPORT = {"width": 1400, "height": 900}
 
@@ -59,7 +62,11 @@ def out_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def demo(out_dir) -> Path:
     from harness.analysis import report
-    return report(DEMO_INPUTS, out=out_dir / "demo", name="demo", force=True)["html"]
+    from memcal.commands.sweep import sweep
+    dryrun = out_dir / "demo-dryrun.jsonl"
+    dryrun.unlink(missing_ok=True)
+    sweep(str(ROOT / "experiments/demo-dryrun.toml"), out=str(dryrun), progress=False)
+    return report([BASELINE, dryrun], out=out_dir / "demo", name="demo", force=True)["html"]
 
 
 OVERFLOW_JS = """() => {
@@ -150,7 +157,7 @@ def test_per_point_table_sorts_and_filters(browser, demo):
     try:
         rows = page.locator("#points tbody tr")
         total = rows.count()
-        assert total == 96
+        assert total == DEMO_POINTS
         page.locator("#points input[type=search]").fill("dry-run generate")
         assert 0 < rows.count() < total
         assert all("dry-run" in t and "generate" in t for t in rows.all_inner_texts())
