@@ -1,0 +1,164 @@
+"""A dry run with its repeated decoder layers computed from their templates (harness/measure/_layers.py)
+against the full trace of the same point: peak, KV bytes, baseline, weights and peak op identical to
+the byte, for every family the formula supports (random small configs with 8 layers,
+tests/family_cases.py), prefill and generate, dynamic and static caches.
+"""
+from __future__ import annotations
+
+import pytest
+
+from estimator import Workload
+from estimator.spec import spec_from_dict, supported_families
+from tests.family_cases import random_configs
+from tests.harness_helpers import quiet, tiny
+
+pytest.importorskip("torch")
+import torch  # noqa: E402
+
+import harness.measure._layers as layers_mod  # noqa: E402  (white box: the layer list, the keys)
+from harness.measure import build_model, measure, run_point  # noqa: E402
+
+quiet()
+LAYERS = 8
+COMPUTED = "decoder layers per forward computed from their templates"
+FIELDS = ("status", "peak_tensor_bytes", "kv_cache_bytes", "baseline_bytes", "weights_bytes", "peak_op")
+
+
+class _Refused(Exception):
+    """transformers or the harness refuses to build this combination."""
+
+
+def _workload(phase: str, attention: str, cache: str = "dynamic", batch: int = 1) -> Workload:
+    new = 6 if phase == "generate" else 0
+    return Workload(batch=batch, prompt_len=10, new_tokens=new, dtype="fp32", attention=attention, phase=phase,
+                    cache=cache)
+
+
+def compare(config: dict, phase: str, cache: str = "dynamic", batch: int = 1) -> list[str]:
+    """Full and computed dry runs of one point; returns the computed record's notes."""
+    spec = spec_from_dict(config)
+    refused = ""
+    for attention in ("sdpa", "eager"):
+        w = _workload(phase, attention, cache, batch)
+        try:
+            full = run_point(build_model(spec, w, "dry-run"), w, extrapolate=False)
+        except ValueError as exc:  # no SDPA for this family: eager
+            refused = str(exc).splitlines()[0]
+            continue
+        fast = run_point(build_model(spec, w, "dry-run"), w)
+        label = f"{spec.family} {phase} {cache} {attention}: {full.message or fast.message} {fast.notes}"
+        for field in FIELDS:
+            assert getattr(full, field) == getattr(fast, field), f"{field}: {label}"
+        assert not any(COMPUTED in n for n in full.notes), full.notes
+        return list(fast.notes)
+    raise _Refused(f"{spec.family} ({cache} cache): no attention implementation builds: {refused}")
+
+
+def _family_config(family: str) -> dict:
+    config = random_configs(family, 1, seed="layers14", layers=LAYERS)[0]
+    if spec_from_dict(config).learned_positions:
+        key = "n_positions" if "n_positions" in config else "max_position_embeddings"
+        config = {**config, key: max(config.get(key) or 0, 40)}
+    return config
+
+
+def _computed(notes) -> bool:
+    return any(COMPUTED in n for n in notes)
+
+
+@pytest.mark.parametrize("phase", ["prefill", "generate"])
+def test_llama_layers_computed_equal_full(phase):
+    notes = compare(tiny("llama", num_hidden_layers=LAYERS), phase)
+    assert f"5 of {LAYERS} {COMPUTED}" in " ".join(notes), notes
+
+
+def test_sliding_window_and_static_caches():
+    notes = compare(tiny("mistral", sliding_window=8, num_hidden_layers=LAYERS), "generate")
+    notes += compare(tiny("llama", num_hidden_layers=LAYERS), "generate", cache="static")
+    notes += compare(tiny("llama", num_hidden_layers=LAYERS), "prefill", cache="static")
+    assert sum(COMPUTED in n for n in notes) == 3, notes
+
+
+def test_long_generate_with_decode_steps_in_closed_form():
+    """Both extrapolations at once: the decode pattern is read off steps whose middle layers were computed."""
+    config = tiny("llama", num_hidden_layers=LAYERS)
+    w = Workload(batch=2, prompt_len=6, new_tokens=24, dtype="fp32", attention="sdpa", phase="generate")
+    fast = measure(config, w, device="dry-run")
+    full = measure(config, w, device="dry-run", extrapolate=False)
+    for field in FIELDS:
+        assert getattr(full, field) == getattr(fast, field), (field, fast.notes)
+    assert any("computed in closed form" in n for n in fast.notes), fast.notes
+    assert _computed(fast.notes), fast.notes
+
+
+def test_layer_list_and_keys():
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = dict(tiny("llama", num_hidden_layers=4))
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    layers = layers_mod.decoder_layers(model)
+    assert layers is model.model.layers
+    keys = {layers_mod.structure(layer) for layer in layers}
+    assert len(keys) == 1  # layer_idx left out: one structure
+    layers[2].mlp.up_proj = torch.nn.Linear(layers[2].mlp.up_proj.in_features, 3, bias=False)
+    assert len({layers_mod.structure(layer) for layer in layers}) == 2
+
+
+def test_a_middle_layer_that_differs_is_the_known_limit():
+    """A middle layer allocating more than its template is not seen (it is never run): the documented limit.
+    The same extra allocation in the last layer of the structure is caught, and the point measured in full."""
+    config = tiny("llama", num_hidden_layers=LAYERS)
+    spec = spec_from_dict(config)
+    w = _workload("prefill", "sdpa")
+    extra = []
+
+    def odd(layer):
+        mlp = layer.mlp.forward  # an instance attribute of a submodule: not in the layer's structural key
+
+        def patched(*args, **kwargs):
+            extra.append(torch.empty(4096, dtype=torch.float32, device=args[0].device))  # kept: 16 KiB
+            return mlp(*args, **kwargs)
+        layer.mlp.forward = patched
+
+    def run(index, extrapolate):
+        built = build_model(spec, w, "dry-run")
+        odd(built.model.model.layers[index])
+        extra.clear()
+        return run_point(built, w, extrapolate=extrapolate)
+
+    full = run(LAYERS - 1, False)
+    fast = run(LAYERS - 1, True)
+    assert full.peak_tensor_bytes == fast.peak_tensor_bytes
+    assert any("every decoder layer traced" in n and f"layer {LAYERS - 1} differs" in n for n in fast.notes), fast.notes
+    middle_full, middle_fast = run(4, False), run(4, True)
+    assert middle_fast.peak_tensor_bytes != middle_full.peak_tensor_bytes  # the limit: see _layers.py's module doc
+    assert _computed(middle_fast.notes)
+
+
+def test_off_with_a_trace_or_a_cap_past_the_peak():
+    config = tiny("llama", num_hidden_layers=LAYERS)
+    w = _workload("prefill", "sdpa")
+    traced = measure(config, w, device="dry-run", keep_trace=True)
+    assert not _computed(traced.notes)
+    fast = measure(config, w, device="dry-run")
+    capped = measure(config, w, device="dry-run", memory_cap=fast.peak_tensor_bytes - 1)
+    full_capped = measure(config, w, device="dry-run", memory_cap=fast.peak_tensor_bytes - 1, extrapolate=False)
+    assert capped.status == full_capped.status == "oom"
+    assert (capped.peak_tensor_bytes, capped.message) == (full_capped.peak_tensor_bytes, full_capped.message)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["prefill", "generate"])
+@pytest.mark.parametrize("family", supported_families())
+def test_every_family_computed_equals_full(family, phase):
+    notes = compare(_family_config(family), phase)
+    print(family, phase, notes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2", "qwen3_next", "gpt_oss", "nemotron_h"])
+def test_static_cache_computed_equals_full(family):
+    try:
+        notes = compare(_family_config(family), "generate", cache="static")
+    except _Refused as exc:
+        pytest.skip(str(exc))
+    print(family, "static", notes)
