@@ -91,6 +91,34 @@ def test_long_generate_with_decode_steps_in_closed_form():
     assert _computed(fast.notes), fast.notes
 
 
+def _peaks_per_layer(config: dict, phase: str, extrapolate: bool) -> list[tuple]:
+    """(peak bytes, peak op, live bytes) at the end of every decoder layer call of a dry run."""
+    spec = spec_from_dict(config)
+    w = _workload(phase, "sdpa")
+    built = build_model(spec, w, "dry-run")
+    seen = []
+
+    def after(module, args, output):
+        tracker = built.fake_mode.tracker
+        seen.append((tracker.peak_bytes, tracker.peak_op, tracker.live_bytes))
+    for layer in layers_mod.decoder_layers(built.model):
+        layer.register_forward_hook(after)
+    record = run_point(built, w, extrapolate=extrapolate)
+    assert record.status == "ok" and _computed(record.notes) == extrapolate, record.notes
+    return seen
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3_next"])
+@pytest.mark.parametrize("phase", ["prefill", "generate"])
+def test_the_peak_after_every_layer(family, phase):
+    """A computed layer sets the peak (and its op) as the traced one did: each layer adds its keys and
+    values, so every layer's own peak passes the run's peak so far."""
+    config = tiny(family, num_hidden_layers=LAYERS) if family != "qwen3_next" else _family_config(family)
+    full, fast = _peaks_per_layer(config, phase, False), _peaks_per_layer(config, phase, True)
+    assert len(full) == len(fast) and full == fast
+    assert len({peak for peak, _, _ in full[:LAYERS]}) >= LAYERS - 1  # the peak moved in (nearly) every layer
+
+
 def test_layer_list_and_keys():
     from transformers import AutoConfig, AutoModelForCausalLM
     config = dict(tiny("llama", num_hidden_layers=4))
