@@ -267,6 +267,7 @@ class LayerExtrapolator:
         self.tracker, self.model, self.mode = tracker, model, mode
         self.layers = decoder_layers(model)
         self.forwards: list[tuple[int, int]] = []  # (layers skipped, layers) per forward
+        self.candidates = False  # a forward had layers to compute
         self.forward: _Forward | None = None
         self.depth = 0
         self.structures: list = []
@@ -303,9 +304,10 @@ class LayerExtrapolator:
         return forward
 
     def note(self, phase: str) -> str | None:
-        """How the forwards were computed, for the record's notes (None when no layer list was found)."""
+        """How the forwards were computed, for the record's notes (None when no forward had a layer that
+        could be computed: no structure repeated four times)."""
         self._finish()
-        if self.layers is None or not self.forwards:
+        if not self.candidates:
             return None
         skipped = sorted({s for s, _ in self.forwards})
         total = self.forwards[0][1]
@@ -328,6 +330,7 @@ class LayerExtrapolator:
         if forward is None or i <= forward.last:
             self._finish()
             forward = self.forward = _Forward(self._keys(i, args, kwargs))
+            self.candidates = self.candidates or "skip" in forward.roles
         forward.last = i
         role = forward.roles[i]
         if role == "trace":
