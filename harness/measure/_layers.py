@@ -7,9 +7,10 @@ events (op, bytes) in the same order, given the same input shapes and the same c
 
 1. It finds the decoder layer list (the model's ModuleList of one layer class, as long as the text
    config's ``num_hidden_layers``, else the longest) and gives each layer a structural key: every
-   submodule's class, parameter and buffer names, shapes and dtypes, simple attributes (``layer_idx``
-   and the like left out), the config's ``layer_types[i]``, and, at each forward, the type and state
-   (attribute values, tensor shapes, known values) of its cache layer ``past_key_values.layers[i]``.
+   submodule's class, parameter, buffer and tensor attribute names, shapes and dtypes, simple
+   attributes (``layer_idx`` and the like left out), the config's ``layer_types[i]``, and, at each
+   forward, the type and state (attribute values, tensor shapes, known values) of its cache layer
+   ``past_key_values.layers[i]``.
 2. Each layer's ``forward`` is wrapped (an instance attribute, removed on exit). Per forward and key,
    the first two layers are traced for real and their events recorded (the tracker's change log):
    they must be identical (events, argument shapes, output, cache changes), else nothing of that key
@@ -89,9 +90,11 @@ def structure(layer: torch.nn.Module) -> tuple:
     for name, module in layer.named_modules():
         attrs = tuple(sorted((k, type(v).__name__, v) for k, v in vars(module).items()
                              if k not in _INDEX_NAMES and _simple(v)))
+        tensors = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in vars(module).items()
+                               if isinstance(v, torch.Tensor)))  # plain tensor attributes (not buffers)
         params = tuple((n, tuple(p.shape), p.dtype) for n, p in module.named_parameters(recurse=False))
         buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in module.named_buffers(recurse=False))
-        parts.append((name, type(module).__name__, attrs, params, buffers))
+        parts.append((name, type(module).__name__, attrs, tensors, params, buffers))
     return tuple(parts)
 
 
