@@ -183,6 +183,20 @@ def test_every_family_computed_equals_full(family, phase):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", supported_families())
+def test_every_family_long_generate_both_extrapolations(family):
+    """28 new tokens after a prompt of 6: sliding windows and chunks fill up, the decode steps between
+    are computed in closed form from steps whose middle layers were computed from their templates."""
+    from tests.test_decode_extrapolation import compare as compare_decode
+    config = _family_config(family)
+    if family == "phi3":
+        from tests.test_decode_extrapolation import _phi3_longrope
+        config = _phi3_longrope(num_hidden_layers=LAYERS)
+    notes = compare_decode(config, [28], batch=1)
+    print(family, notes)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma2", "qwen3_next", "gpt_oss", "nemotron_h"])
 def test_static_cache_computed_equals_full(family):
     try:
