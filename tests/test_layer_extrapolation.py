@@ -55,7 +55,9 @@ def compare(config: dict, phase: str, cache: str = "dynamic", batch: int = 1) ->
 
 
 def _family_config(family: str) -> dict:
-    config = random_configs(family, 1, seed="layers14", layers=LAYERS)[0]
+    # nemotron_h's default draw has no block kind four times (nothing to compute); this one has five attention blocks
+    seed = "layers14-0" if family == "nemotron_h" else "layers14"
+    config = random_configs(family, 1, seed=seed, layers=LAYERS)[0]
     if spec_from_dict(config).learned_positions:
         key = "n_positions" if "n_positions" in config else "max_position_embeddings"
         config = {**config, key: max(config.get(key) or 0, 40)}
@@ -196,8 +198,8 @@ def test_every_family_the_peak_after_every_layer(family, phase):
     except ValueError:
         full, _ = _peaks_per_layer(config, phase, False, "sdpa", "bf16", 2)
         fast, computed = _peaks_per_layer(config, phase, True, "sdpa", "bf16", 2)
-    assert full == fast
-    print(family, phase, "computed" if computed else "traced", len(full))
+    assert computed and full == fast
+    print(family, phase, len(full))
 
 
 @pytest.mark.slow
