@@ -165,6 +165,19 @@ def test_a_middle_layer_that_differs_is_the_known_limit():
     assert _computed(middle_fast.notes)
 
 
+def test_off_for_the_cuda_target_and_a_split_model():
+    from estimator.spec import load_spec
+    from harness.measure import device_placement
+    config = tiny("llama", num_hidden_layers=LAYERS)
+    w = _workload("prefill", "sdpa")
+    assert _computed(measure(config, w, device="dry-run").notes)
+    assert not _computed(measure(config, w, device="dry-run", gpu="H100-80GB").notes)
+    spec = load_spec(config)
+    placement = device_placement(spec, w, gpus=2, strategy="auto", max_memory={0: 1 << 20, 1: 1 << 30})
+    split = measure(spec, w, device="dry-run", placement=placement)
+    assert split.status == "ok" and len(split.devices) == 2 and not _computed(split.notes), split.message
+
+
 def test_off_with_a_trace_or_a_cap_past_the_peak():
     config = tiny("llama", num_hidden_layers=LAYERS)
     w = _workload("prefill", "sdpa")
