@@ -178,6 +178,19 @@ def test_off_for_the_cuda_target_and_a_split_model():
     assert split.status == "ok" and len(split.devices) == 2 and not _computed(split.notes), split.message
 
 
+def test_a_cap_passed_inside_a_middle_layer():
+    """The cap falls inside layer 3 (one that would be computed): that layer is traced, the tracker raises at
+    the exact op, and the record equals the full trace's."""
+    config = tiny("llama", num_hidden_layers=LAYERS)
+    peaks, _ = _peaks_per_layer(config, "prefill", False)
+    assert peaks[2][0] < peaks[3][0]
+    w = _workload("prefill", "sdpa")
+    fast = measure(config, w, device="dry-run", memory_cap=peaks[3][0] - 1)
+    full = measure(config, w, device="dry-run", memory_cap=peaks[3][0] - 1, extrapolate=False)
+    assert fast.status == full.status == "oom"
+    assert (fast.peak_tensor_bytes, fast.message) == (full.peak_tensor_bytes, full.message)
+
+
 def test_off_with_a_trace_or_a_cap_past_the_peak():
     config = tiny("llama", num_hidden_layers=LAYERS)
     w = _workload("prefill", "sdpa")
