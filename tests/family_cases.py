@@ -55,6 +55,9 @@ class HypothesisPick(Pick):
         return self.draw(self.st.sampled_from(list(values)))
 
 
+LAYERS_KEY = "_memcal_layers"  # a fixed layer count, seen by the strategies that draw their own
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -122,8 +125,9 @@ def _gather() -> None:
 _gather()
 
 
-def config(pick: Pick, family: str) -> dict:
-    """One random small config of `family` that transformers accepts."""
+def config(pick: Pick, family: str, layers: int | None = None) -> dict:
+    """One random small config of `family` that transformers accepts; `layers` fixes the layer count
+    (the family's layer patterns are then drawn for that many layers)."""
     heads = pick.choice([1, 2, 4, 6])
     head_dim = pick.choice([4, 8, 16])
     explicit = pick.flag()
@@ -136,9 +140,12 @@ def config(pick: Pick, family: str) -> dict:
                mlp_bias=pick.flag(), pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if explicit or pick.flag():
         out["head_dim"] = head_dim
+    if layers is not None:
+        out["num_hidden_layers"] = out[LAYERS_KEY] = layers
     extra = EXTRA.get(family)
     if extra is not None:
         extra(pick, out)
+    out.pop(LAYERS_KEY, None)
     _align_experts(out)
     return out
 
@@ -171,7 +178,7 @@ def configs(family: str):
     return st.composite(lambda draw: config(HypothesisPick(draw), family))()
 
 
-def random_configs(family: str, n: int, seed: str = "memcal") -> list[dict]:
+def random_configs(family: str, n: int, seed: str = "memcal", layers: int | None = None) -> list[dict]:
     """`n` configs from a seeded random source (reproducible, independent of hypothesis)."""
     pick = RandomPick(random.Random(f"{seed}-{family}"))
-    return [config(pick, family) for _ in range(n)]
+    return [config(pick, family, layers) for _ in range(n)]

@@ -131,6 +131,11 @@ class DryRunMode(FakeTensorMode):
         finally:
             self._values = None
 
+    @property
+    def values(self):
+        """The followed `KnownValues`, or None."""
+        return self._values
+
     @contextlib.contextmanager
     def answering(self, oracle):
         """Let `oracle` (generate's `ScalarOracle`, harness/measure/_phases.py) answer the sanity checks

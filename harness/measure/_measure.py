@@ -174,7 +174,8 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
 
     ``tracker_out``, if given, receives the StorageTracker (its trace, with ``keep_trace``).
     ``extrapolate``: a dry-run generate computes its periodic decode steps in closed form
-    (harness/measure/_decode.py; the record's notes say so); False traces every step, and so does a
+    (harness/measure/_decode.py), a dry run its decoder layers that repeat a traced template
+    (harness/measure/_layers.py; the record's notes say so); False traces everything, and so does a
     run that keeps its trace (``keep_trace``: every event, to compare with another run's), a CUDA
     target's or a split model's (their trackers count more than storages).
     ``time_limit_s`` stops a generate that runs longer: a timeout record (its peak so far kept);
@@ -198,8 +199,9 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     notes = list(built.notes)
     run = _Run(built, workload, probe, memory_cap, keep_trace, tracker_out, gpu, cuda_env, time_limit_s, progress)
     status, message, output, session = run(input_ids, extrapolate and not keep_trace)
-    if status == "mismatch":  # the decode extrapolation disagreed with the trace: measure it in full
-        notes.append(f"dry-run generate: every decode step traced ({message})")
+    if status == "mismatch":  # an extrapolation disagreed with the trace: measure it in full
+        traced = "decoder layer and decode step" if workload.phase == "generate" else "decoder layer"
+        notes.append(f"dry-run {workload.phase}: every {traced} traced ({message})")
         status, message, output, session = run(input_ids, False)
     elif output is not None:
         notes.extend(output.notes)
@@ -239,7 +241,8 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
 
 class _Run:
     """One run of the point under the protocol, with a fresh tracker: (status, message, output, session);
-    status "mismatch" when the decode extrapolation raised DecodeMismatch (harness/measure/_decode.py)."""
+    status "mismatch" when the decode or layer extrapolation raised DecodeMismatch (harness/measure/_decode.py,
+    harness/measure/_layers.py)."""
 
     def __init__(self, built: BuiltModel, workload: Workload, probe: Probe, memory_cap: int | None,
                  keep_trace: bool, tracker_out: list | None, gpu: Any = None, cuda_env: dict | None = None,

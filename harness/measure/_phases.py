@@ -35,6 +35,7 @@ from estimator.workload import Workload
 
 from ._build import BuiltModel
 from ._decode import DecodeExtrapolator
+from ._layers import LayerExtrapolator
 from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
@@ -169,7 +170,8 @@ def _quiet_transformers():
 
 def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
                     extrapolator: DecodeExtrapolator | None = None,
-                    deadline: float | None = None) -> contextlib.AbstractContextManager:
+                    deadline: float | None = None, layers: LayerExtrapolator | None = None
+                    ) -> contextlib.AbstractContextManager:
     """Entered inside the fake mode, for a dry run: the values known from shapes (harness/measure/_values.py)
     and, for generate, the stop check and the well-formed answers. A known value wins over an answer.
     The prompt is known as a well-formed one: no special token in it (the ids are one ordinary token,
@@ -179,6 +181,8 @@ def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tens
     values = KnownValues({input_ids: _ordinary_id(built.model)}) if follow is not None else None
     if values is not None:
         stack.enter_context(follow(values))
+    if layers is not None:
+        stack.enter_context(layers.watching())
     if built.fake_mode is not None and workload.phase == "generate":
         if extrapolator is not None:
             stack.enter_context(extrapolator.watching())
@@ -235,25 +239,41 @@ def _extrapolator(built: BuiltModel, workload: Workload) -> DecodeExtrapolator |
     return DecodeExtrapolator(tracker, built.model, workload.new_tokens, workload.prompt_len)
 
 
+def _layer_extrapolator(built: BuiltModel) -> LayerExtrapolator | None:
+    """The decoder layers computed from their templates (harness/measure/_layers.py), in a dry run whose
+    tracker is a plain StorageTracker with one total and no trace, riding in a DryRunMode."""
+    tracker = getattr(built.fake_mode, "tracker", None)
+    if type(tracker) is not StorageTracker or tracker.devices is not None or tracker.trace is not None \
+            or getattr(built.fake_mode, "follow", None) is None or built.placement is not None:
+        return None
+    return LayerExtrapolator(tracker, built.model, built.fake_mode)
+
+
+def _notes(*notes: str | None) -> tuple[str, ...]:
+    return tuple(n for n in notes if n)
+
+
 def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor, extrapolate: bool = True, *,
               time_limit_s: float | None = None, progress: Callable[[int], None] | None = None) -> PhaseOutput:
     """Run the workload's phase; call inside the measurement protocol.
 
-    A dry-run generate computes the periodic decode steps in closed form unless ``extrapolate`` is
-    False (harness/measure/_decode.py: it raises `DecodeMismatch` when the run disagrees with its
-    pattern; the caller then runs the full trace). ``time_limit_s`` bounds a generate: it stops
+    A dry-run generate computes the periodic decode steps in closed form, and a dry run the decoder
+    layers that repeat a traced template, unless ``extrapolate`` is False (harness/measure/_decode.py,
+    harness/measure/_layers.py: they raise `DecodeMismatch` when the run disagrees with its pattern or
+    template; the caller then runs the full trace). ``time_limit_s`` bounds a generate: it stops
     (transformers' ``max_time``; in a dry run the stop check) and `PhaseOutput.output_len` falls short
     of the workload's length, which the record says. ``progress(forwards)`` is called once per forward
     of a generate (one per token after the prefill).
     """
     model = built.model
+    layers = _layer_extrapolator(built) if extrapolate and built.fake_mode is not None else None
     with torch.no_grad(), _quiet_transformers():
         if workload.phase == "prefill":
-            with dry_run_context(built, workload, input_ids):
+            with dry_run_context(built, workload, input_ids, layers=layers):
                 out = model(input_ids=input_ids, attention_mask=None, use_cache=True)
             cache = _cache_of(out)
             del out  # the logits were live at the peak; the cache lives on in `cache`
-            return PhaseOutput(cache, input_ids.shape[1])
+            return PhaseOutput(cache, input_ids.shape[1], _notes(layers and layers.note("prefill")))
         # transformers sizes a static cache to the largest length any earlier generate call asked for
         # (to avoid recompiles): each point must get the cache its own workload needs.
         model.__dict__.pop("_previous_max_cache_length", None)
@@ -263,12 +283,12 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor, ex
         deadline = time.monotonic() + time_limit_s if time_limit_s else None
         limit = {"max_time": float(time_limit_s)} if time_limit_s and built.fake_mode is None else {}
         try:
-            with dry_run_context(built, workload, input_ids, extrapolator, deadline):
+            with dry_run_context(built, workload, input_ids, extrapolator, deadline, layers):
                 sequences = model.generate(
                     input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
                     do_sample=False, cache_implementation=workload.cache, num_beams=1,
                     use_cache=True, **limit)  # use_cache: some config.json files keep a training-time false
         finally:
             handle.remove()
-        notes = (extrapolator.note(),) if extrapolator is not None else ()
+        notes = _notes(extrapolator and extrapolator.note(), layers and layers.note("generate"))
         return PhaseOutput(catcher.cache, sequences.shape[1], notes)

@@ -80,6 +80,12 @@ class KnownValues:
             return None
         return entry[0]
 
+    def stamp(self, fake, value: torch.Tensor) -> None:
+        """Make `value` (a real tensor) the known value of `fake` from now on (harness/measure/_layers.py:
+        a decoder layer's state computed from its template's, not traced)."""
+        key = _storage(fake)
+        fake.__dict__[_ATTR] = (value, key, self.writes.get(key, 0))
+
     def around(self, func, args, kwargs, run):
         """The fake mode's answer to one op (`run()`), and its value where it can be known."""
         if func is _READ:

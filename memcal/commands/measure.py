@@ -32,7 +32,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
     p.add_argument("--isolate", action="store_true", help="measure in a fresh process")
     p.add_argument("--full-trace", action="store_true",
-                   help="dry-run generate: trace every decode step (default: the periodic ones in closed form)")
+                   help="dry run: trace every decode step and decoder layer (default: the periodic steps in "
+                        "closed form, the repeated layers from their templates)")
     p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
                    help=f"stop a generate that runs longer: a timeout record (default {DEFAULT_TIME_LIMIT_S:g}; "
                         "0: no limit)")

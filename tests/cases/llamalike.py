@@ -4,14 +4,15 @@ layout or cache; combinations transformers itself rejects are left out, and the 
 """
 from __future__ import annotations
 
-from tests.family_cases import Pick
+from tests.family_cases import LAYERS_KEY, Pick
 
 _KINDS = ["sliding_attention", "full_attention"]
 
 
 def _layers(pick: Pick, config: dict, most: int) -> int:
     """More layers than the shared default, so that patterns of 4 to 6 reach a global layer."""
-    config["num_hidden_layers"] = pick.int(1, most)
+    drawn = pick.int(1, most)
+    config["num_hidden_layers"] = config.get(LAYERS_KEY) or drawn
     return config["num_hidden_layers"]
 
 
