@@ -122,6 +122,13 @@ class ModelSpec:
                     return str(kind)
         return None
 
+    @property
+    def position_limit(self) -> int | None:
+        """The most positions (prompt + new tokens) a workload may have: max_position_embeddings, unless
+        there is none or the RoPE is dynamic (it rescales past it); None: unbounded."""
+        limit = self.max_position_embeddings
+        return limit if limit and self.positions_reason(limit + 1) else None
+
     def positions_reason(self, total_len: int, prompt_len: int | None = None) -> str | None:
         """Why `total_len` positions (prompt + new tokens) are beyond this model, or None (issues 11, 12).
 

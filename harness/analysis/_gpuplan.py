@@ -115,8 +115,7 @@ def _at(w: Workload, axis: str, value: int) -> Workload:
 
 
 def _push(spec, base, n, capacity, axis, max_batch, first):
-    bounded = spec.max_position_embeddings and spec.positions_reason(spec.max_position_embeddings + 1)
-    limit = max_batch if axis == "batch" else (spec.max_position_embeddings if bounded else 1 << 24) - base.new_tokens
+    limit = max_batch if axis == "batch" else (spec.position_limit or 1 << 24) - base.new_tokens
     cache = {1: first}
 
     def fits(v):

@@ -102,8 +102,7 @@ def plan(model: Any, memory_bytes: int, *, batch: int | None = None, seq: int | 
     if axis == "batch":
         limit = max_batch
     else:
-        bounded = spec.max_position_embeddings and spec.positions_reason(spec.max_position_embeddings + 1)
-        limit = (spec.max_position_embeddings - base.new_tokens) if bounded else MAX_SEQ
+        limit = (spec.position_limit - base.new_tokens) if spec.position_limit else MAX_SEQ
         if limit < 1:
             raise MemcalError(f"{spec.name} has {spec.max_position_embeddings} positions: no room for "
                               f"{base.new_tokens} new tokens")
