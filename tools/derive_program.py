@@ -21,11 +21,13 @@ import re
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from estimator import Workload, program  # noqa: E402
@@ -300,49 +302,119 @@ def merge(observations: list[Observation], problems: list[str] | None = None, pa
 
 
 # --- fitting -------------------------------------------------------------------------------------------
+def _cdiv(a, b):
+    return -(-a // b)
+
+
 def candidates(variables: list[str]):
-    """Expressions by increasing complexity."""
-    yield "1"
-    yield from variables
-    yield "2"
-    for v in variables:
+    """(expression, its value as a function of the variables' value arrays), by increasing complexity.
+    The function mirrors the expression (estimator/expr.py's semantics) on numpy arrays, so that every
+    candidate is checked against every observation at once."""
+    yield "1", lambda v: 1
+    for a in variables:
+        yield a, lambda v, a=a: v[a]
+    yield "2", lambda v: 2
+    for a in variables:
         for c in (2, 3, 4):
-            yield f"{c} * {v}"
-    for v in variables:
-        yield f"{v} // 2"
-        yield f"ceil_div({v}, 2)"
-    for v in variables:
+            yield f"{c} * {a}", lambda v, a=a, c=c: c * v[a]
+    for a in variables:
+        yield f"{a} // 2", lambda v, a=a: v[a] // 2
+        yield f"ceil_div({a}, 2)", lambda v, a=a: _cdiv(v[a], 2)
+    for a in variables:
         for k in (4, 8):
-            yield f"ceil_div({v}, {k}) * {k}"
-            yield f"2 * ceil_div({v}, {k}) * {k}"
-    for v in variables:
-        yield f"{v} - 1"
-        yield f"{v} + 1"
+            yield f"ceil_div({a}, {k}) * {k}", lambda v, a=a, k=k: _cdiv(v[a], k) * k
+            yield f"2 * ceil_div({a}, {k}) * {k}", lambda v, a=a, k=k: 2 * _cdiv(v[a], k) * k
+    for a in variables:
+        yield f"{a} - 1", lambda v, a=a: v[a] - 1
+        yield f"{a} + 1", lambda v, a=a: v[a] + 1
     for a, b in itertools.combinations_with_replacement(variables, 2):
-        yield f"{a} * {b}"
+        yield f"{a} * {b}", lambda v, a=a, b=b: v[a] * v[b]
     for a, b in itertools.permutations(variables, 2):
-        yield f"{a} // {b}"
-        yield f"min({a}, {b})"
-        yield f"max({a}, {b})"
-        yield f"min({a}, {b} - 1)"
+        yield f"{a} // {b}", lambda v, a=a, b=b: _floordiv(v[a], v[b])
+        yield f"min({a}, {b})", lambda v, a=a, b=b: np.minimum(v[a], v[b])
+        yield f"max({a}, {b})", lambda v, a=a, b=b: np.maximum(v[a], v[b])
+        yield f"min({a}, {b} - 1)", lambda v, a=a, b=b: np.minimum(v[a], v[b] - 1)
     for a, b in itertools.permutations(variables, 2):
-        yield f"{a} + {b}"
-        yield f"{a} + 2 * {b}"
-        yield f"{a} - {b}"
+        yield f"{a} + {b}", lambda v, a=a, b=b: v[a] + v[b]
+        yield f"{a} + 2 * {b}", lambda v, a=a, b=b: v[a] + 2 * v[b]
+        yield f"{a} - {b}", lambda v, a=a, b=b: v[a] - v[b]
     for a, b in itertools.combinations_with_replacement(variables, 2):
         for c in variables:
-            yield f"{a} * {b} * {c}"
-            yield f"2 * {a} * {b}"
+            yield f"{a} * {b} * {c}", lambda v, a=a, b=b, c=c: v[a] * v[b] * v[c]
+            yield f"2 * {a} * {b}", lambda v, a=a, b=b: 2 * v[a] * v[b]
     for a, b, c in itertools.product(variables, repeat=3):
-        yield f"({a} + {b}) * {c}"
-        yield f"({a} + 2 * {b}) * {c}"
-        yield f"{a} * ({b} - 1)"
+        yield f"({a} + {b}) * {c}", lambda v, a=a, b=b, c=c: (v[a] + v[b]) * v[c]
+        yield f"({a} + 2 * {b}) * {c}", lambda v, a=a, b=b, c=c: (v[a] + 2 * v[b]) * v[c]
+        yield f"{a} * ({b} - 1)", lambda v, a=a, b=b: v[a] * (v[b] - 1)
+
+
+_MISSING = -(10 ** 5) - 3  # a variable a config lacks: no candidate that reads it can match a size
+
+
+def _floordiv(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.floor_divide(a, np.where(b == 0, 1, b))
+    return np.where(b == 0, _MISSING, out)
+
+
+class FitTable:
+    """Every candidate's value at every distinct scope of the observations, computed once (numpy), so
+    that a fit is a vectorised comparison instead of thousands of expression evaluations."""
+
+    def __init__(self, variables: list[str], scopes: list[dict]) -> None:
+        self.variables = variables
+        self.column: dict[tuple, int] = {}
+        for scope in scopes:
+            self.column.setdefault(self.key(scope), len(self.column))
+        arrays = {name: np.array([k[n] for k in self.column], dtype=np.int64)
+                  for n, name in enumerate(variables)}
+        texts, rows = [], []
+        for text, fn in candidates(variables):
+            texts.append(text)
+            rows.append(np.broadcast_to(np.asarray(fn(arrays), dtype=np.int64), (len(self.column),)))
+        self.texts = texts
+        self.values = np.stack(rows) if rows else np.zeros((0, len(self.column)), dtype=np.int64)
+        self.complexity = np.array([_complexity(t) for t in texts])
+        # a candidate that reads a missing variable never matches where that variable is missing
+        for n, name in enumerate(variables):
+            missing = arrays[name] == _MISSING
+            if missing.any():
+                reads = np.array([name in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", t) for t in texts])
+                self.values[np.ix_(reads, missing)] = np.iinfo(np.int64).min
+
+    def key(self, scope: dict) -> tuple:
+        out = []
+        for v in self.variables:
+            x = scope.get(v)
+            out.append(int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and x == int(x) else _MISSING)
+        return tuple(out)
+
+    def fit(self, points: list[tuple[dict, int]]) -> tuple[str | None, list[str]] | None:
+        cols = [self.column.get(self.key(scope)) for scope, _ in points]
+        if any(c is None for c in cols):
+            return None  # a scope the table was not built for: the slow path
+        want = np.array([value for _, value in points], dtype=np.int64)
+        match = np.all(self.values[:, cols] == want, axis=1)
+        hits = np.flatnonzero(match)
+        if not len(hits):
+            return None, []
+        first = hits[0]
+        later = np.flatnonzero(self.complexity[first + 1:] > self.complexity[first])
+        stop = first + 1 + later[0] if len(later) else len(self.texts) - 1
+        return self.texts[first], [self.texts[h] for h in hits[1:] if h <= stop]
+
+
+_TABLE: FitTable | None = None
 
 
 def fit(points: list[tuple[dict, int]], variables: list[str]) -> tuple[str | None, list[str]]:
     """The simplest expression consistent with every (scope, value) point, and its equally simple rivals."""
+    if _TABLE is not None and _TABLE.variables == variables:
+        fast = _TABLE.fit(points)
+        if fast is not None:
+            return fast
     found: list[str] = []
-    for expr in candidates(variables):
+    for expr, _ in candidates(variables):
         try:
             if all(evaluate(expr, scope) == value for scope, value in points):
                 found.append(expr)
@@ -376,35 +448,62 @@ def condition(present: list[dict], absent: list[dict]) -> str | None | bool:
     return text if _size(one) <= _size(other) + 1 else alt
 
 
-def _implicants(pos: set, neg: set) -> list[tuple]:
-    literals = [(k, v) for k in range(len(FLAGS)) for v in (True, False)]
-    out = []
+@lru_cache(maxsize=None)
+def _conjunctions(n_flags: int):
+    """Every conjunction of up to four literals over the flags, in a fixed order (by length, then
+    itertools.combinations of the literals): the terms, their lengths, and as bitmasks (which flags,
+    which values) so that a conjunction is tested against every flag set at once."""
+    literals = [(k, v) for k in range(n_flags) for v in (True, False)]
+    terms = []
     for n in range(1, 5):
         for conj in itertools.combinations(literals, n):
-            if len({k for k, _ in conj}) < n:
-                continue
-            if any(all(x[k] == v for k, v in conj) for x in neg):
-                continue
-            covered = frozenset(x for x in pos if all(x[k] == v for k, v in conj))
-            if covered:
-                out.append((conj, covered))
-        if len(out) > 0 and any(c == frozenset(pos) for _, c in out):
-            break
-    return out
+            if len({k for k, _ in conj}) == n:
+                terms.append(conj)
+    masks = np.array([sum(1 << k for k, _ in c) for c in terms], dtype=np.int64)
+    values = np.array([sum(1 << k for k, v in c if v) for c in terms], dtype=np.int64)
+    lengths = np.array([len(c) for c in terms])
+    return terms, masks, values, lengths
+
+
+def _bits(x: tuple) -> int:
+    return sum(1 << k for k, v in enumerate(x) if v)
 
 
 def _cover(pos: set, neg: set) -> list[tuple]:
-    implicants = _implicants(pos, neg)
-    left, chosen = set(pos), []
-    while left:
-        best = max(implicants, key=lambda ic: (len(ic[1] & left), -len(ic[0])), default=None)
-        if best is None or not best[1] & left:  # no short implicant: the flag set itself
-            point = next(iter(left))
-            chosen.append(tuple((k, v) for k, v in enumerate(point)))
-            left.discard(point)
+    """A greedy cover of the `pos` flag sets by conjunctions true on none of `neg`: the shortest
+    conjunctions first (longer ones only if none of a length covers every set), each step the one
+    covering most sets still left (the shorter, then the earlier, on a tie)."""
+    terms, masks, values, lengths = _conjunctions(len(FLAGS))
+    pos_list = sorted(pos, key=repr)
+    p = np.array([_bits(x) for x in pos_list], dtype=np.int64)
+    n = np.array([_bits(x) for x in neg], dtype=np.int64)
+    hits_neg = ((n[None, :] & masks[:, None]) == values[:, None]).any(axis=1) if len(n) else \
+        np.zeros(len(terms), dtype=bool)
+    covers = (p[None, :] & masks[:, None]) == values[:, None]
+    usable = ~hits_neg & covers.any(axis=1)
+    # as before: stop at the first length at which one conjunction covers every set
+    allowed = np.zeros(len(terms), dtype=bool)
+    for length in range(1, 5):
+        allowed |= usable & (lengths == length)
+        if (allowed & covers.all(axis=1)).any():
+            break
+    index = np.flatnonzero(allowed)
+    covers, lens = covers[index], lengths[index]
+    left = np.ones(len(pos_list), dtype=bool)
+    chosen = []
+    while left.any():
+        if not len(index):
+            score = np.zeros(0)
+        else:
+            score = covers[:, left].sum(axis=1) * 10 - lens
+        best = int(np.argmax(score)) if len(score) else -1
+        if best < 0 or covers[best, left].sum() == 0:  # no short implicant: the flag set itself
+            k = int(np.flatnonzero(left)[0])
+            chosen.append(tuple((j, v) for j, v in enumerate(pos_list[k])))
+            left[k] = False
             continue
-        chosen.append(best[0])
-        left -= best[1]
+        chosen.append(terms[index[best]])
+        left &= ~covers[best]
     return chosen
 
 
@@ -560,6 +659,8 @@ def main() -> None:
 
 
 def build_program(observations: dict[str, list[Observation]], variables: list[str]) -> tuple[dict, list[str]]:
+    global _TABLE
+    _TABLE = FitTable(variables, [o.scope for obs in observations.values() for o in obs])
     program: dict = {"layer": {}}
     problems: list[str] = []
     pro_ids: dict[tuple[int, int], str] = {}
