@@ -8,7 +8,8 @@ Schema history (``schema_version``):
        Version 1 records load with them empty. Issue 18 added two optional fields, read as empty from
        older records: ``placement`` (a model split over GPUs: the device map and the budget it came
        from) and ``devices`` (one mapping per GPU: ``device`` index and its own byte fields,
-       `DEVICE_BYTE_FIELDS`).
+       `DEVICE_BYTE_FIELDS`; with a CUDA target, each GPU's predicted ``cuda_*`` numbers, whose sums
+       are the record's).
 
 A field that a probe cannot measure on a device is None, never 0 or -1: a CPU build's
 torch.cuda.max_memory_allocated() returns 0, and a zero is never taken as a measurement.
@@ -47,7 +48,9 @@ BYTE_FIELDS = (
 
 # Per GPU, when a model is split over several (issue 18): what each device holds and its peaks.
 DEVICE_BYTE_FIELDS = ("weights_bytes", "kv_cache_bytes", "baseline_bytes", "peak_tensor_bytes",
-                      "peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes")
+                      "peak_allocated_bytes", "peak_reserved_bytes", "peak_device_bytes",
+                      # the dry run's CUDA target on a split model: that GPU's predicted numbers
+                      "cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_device_bytes")
 
 
 # The most complete peak of each device, most complete first; the tensor-level peak ends every list.

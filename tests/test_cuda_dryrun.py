@@ -38,11 +38,11 @@ def test_cudnn_output_replaces_the_cpu_outputs_and_workspace_at_first_matmul():
     tracker = CudaTargetTracker(get_gpu("H100-80GB"))
     q, k, v = _qkv()
     out = _sdpa(tracker, q, k, v)
-    assert tracker.events == [("alloc", 1, 1 * 8 * 4 * 64 * 2)]  # cuDNN: the output only, no logsumexp
+    assert tracker.events == [("alloc", 1, 1 * 8 * 4 * 64 * 2, 0)]  # cuDNN (device 0): the output only, no logsumexp
     assert tracker.live_bytes == 4096 + 4 * 8 * 4  # the tensor level still counts the CPU out and lse
     a = torch.zeros(8, 64)
     tracker.observe(_aten.mm.default, torch.mm(a, a.t()))
-    assert tracker.events[2] == ("alloc", 3, 32 * MiB)  # sm_90's cuBLAS workspace, after the mm's output
+    assert tracker.events[2] == ("alloc", 3, 32 * MiB, 0)  # sm_90's cuBLAS workspace, after the mm's output
     del out
     assert ("free", 1) in tracker.events  # the CUDA output is freed with the CPU output
     replay = tracker.replay()
@@ -72,7 +72,7 @@ def test_a_float_mask_on_a100_takes_efficient_with_a_padded_mask():
     tracker.note_args(SDPA_CPU, (q, k, v, 0.0, False), {"attn_mask": mask})
     tracker.observe(SDPA_CPU, SDPA_CPU(q, k, v, 0.0, False, attn_mask=mask))
     assert tracker.backends == {"efficient": 1}
-    assert tracker.events[0] == ("alloc", 1, 1 * 1 * 7 * 8 * 2)  # kv_len 7 padded to 8 (pad_bias<8>)
+    assert tracker.events[0] == ("alloc", 1, 1 * 1 * 7 * 8 * 2, 0)  # kv_len 7 padded to 8 (pad_bias<8>)
 
 
 @pytest.fixture(scope="module")

@@ -198,3 +198,62 @@ def test_memcal_per_device_within_half_a_percent(model, attention, gpus):
             errors += _per_device_errors(model, gpus, w)
     assert len(errors) >= 4 * 2
     assert max(abs(e) for e in errors) <= 0.005, [f"{e:+.4%}" for e in errors]
+
+
+# --- the dry run's CUDA target on a split model (issue 16 with issue 18) -----------------------------------
+def _mapped(tmp_path, mapping: dict, spec, w):
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(mapping))
+    return device_placement(spec, w, gpus=2, strategy=str(path), max_memory={0: GiB, 1: GiB})
+
+
+def test_cuda_target_on_one_device_of_a_map_equals_the_unsplit_replay(tmp_path):
+    """Every module on GPU 0 of a two-GPU map: GPU 0's allocator replay is the unsplit CUDA target's,
+    to the byte; GPU 1 holds nothing, so its allocator holds nothing (its context only)."""
+    spec = load_spec(f"{CONFIGS}/tiny-llama.json")
+    w = Workload(batch=2, prompt_len=48, dtype="bf16")
+    whole = measure(spec, w, device="dry-run", gpu="H100-80GB")
+    mapping = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 0, "model.norm": 0,
+               "model.rotary_emb": 0, "lm_head": 0}
+    split = measure(spec, w, device="dry-run", gpu="H100-80GB", placement=_mapped(tmp_path, mapping, spec, w))
+    assert whole.ok and split.ok, (whole.message, split.message)
+    gpu0, gpu1 = split.devices
+    assert (gpu0["cuda_allocated_bytes"], gpu0["cuda_reserved_bytes"]) == \
+        (whole.cuda_allocated_bytes, whole.cuda_reserved_bytes)
+    assert gpu1["cuda_allocated_bytes"] == gpu1["cuda_reserved_bytes"] == 0
+    from estimator.cuda import get_gpu
+    context = get_gpu("H100-80GB").context_bytes
+    assert gpu1["cuda_device_bytes"] == context  # an idle GPU of the process still has its context
+    assert split.cuda_device_bytes == whole.cuda_device_bytes + context
+
+
+def test_cuda_target_split_between_layers_gives_each_gpu_its_own_workspace_and_sums(tmp_path):
+    """Split between the two layers: each GPU runs matmuls, so each has its own cuBLAS workspace (32 MiB
+    on sm_90), holds at least its tensor peak in allocator blocks, and the record's totals are the sums."""
+    from estimator.cuda import cublas_workspace_bytes, get_gpu
+    spec = load_spec(f"{CONFIGS}/tiny-llama.json")
+    w = Workload(batch=2, prompt_len=48, dtype="bf16")
+    mapping = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1,
+               "model.rotary_emb": 0, "lm_head": 1}
+    record = measure(spec, w, device="dry-run", gpu="H100-80GB", placement=_mapped(tmp_path, mapping, spec, w))
+    assert record.ok, record.message
+    gpu = get_gpu("H100-80GB")
+    workspace = cublas_workspace_bytes(gpu, {})
+    for d in record.devices:
+        assert d["cuda_allocated_bytes"] >= d["peak_tensor_bytes"] + workspace
+        assert d["cuda_reserved_bytes"] >= d["cuda_allocated_bytes"]
+        assert d["cuda_device_bytes"] == d["cuda_reserved_bytes"] + gpu.context_bytes
+    for name in ("cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_device_bytes"):
+        assert getattr(record, name) == sum(d[name] for d in record.devices)
+    assert any("on each of 2 GPUs" in n for n in record.notes)
+    again = Measurement.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again.devices == record.devices  # the per-GPU CUDA numbers survive a results file
+
+
+def test_measure_cli_prints_cuda_columns_per_gpu(capsys):
+    from memcal.cli import main
+    code = main(["measure", f"{CONFIGS}/tiny-llama.json", "--device", "dry-run", "--gpus", "2", "--gpu", "H100-80GB",
+                 "--seq", "32", "--dtype", "bf16"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "CUDA allocated" in out and "CUDA device total" in out

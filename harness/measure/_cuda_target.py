@@ -17,6 +17,11 @@ writes the allocation and free events a CUDA run of the same ops would make, in 
 `replay()` runs the events through estimator.cuda.Allocator: predicted max_memory_allocated (rounded
 blocks) and max_memory_reserved; + the GPU profile's context = the device total.
 
+A model split over GPUs (a device map, harness/measure/_devices.py): every event is on the virtual device
+the storage tracker gives its storage (an op's transients and workspaces: the device the op runs on),
+each device has its own allocator, cuBLAS/cuBLASLt workspaces (one handle per device) and context, and
+the replay gives each device's numbers; the totals are their sums (as a real split run's are).
+
 Not emulated (said in the record's notes): bitsandbytes (it cannot be dry-run), flash_attention_2's
 unpadding (memcal's workloads have no padding mask), cuDNN's own SDPA workspace (0), kernels that
 allocate on CUDA but not on CPU or the reverse outside SDPA and matmuls.
@@ -65,7 +70,8 @@ class CudaTargetTracker(StorageTracker):
         self._next = 0
         self._quiet = False
         self._args = None
-        self._cublas = self._cublaslt = False
+        self._cublas: set[int] = set()     # devices whose cuBLAS (cuBLASLt) workspace exists
+        self._cublaslt: set[int] = set()
         self.backends: Counter = Counter()
         self.baseline_events = 0
 
@@ -74,9 +80,18 @@ class CudaTargetTracker(StorageTracker):
         self._next += 1
         return self._next
 
+    def _device(self, key: int | None = None) -> int:
+        """The (virtual) device of a storage, or of the op running (its transients, a workspace); 0
+        without a device map."""
+        if self.devices is None:
+            return 0
+        if key is not None and key in self.devices.of:
+            return self.devices.of[key]
+        return self.devices.new_device()
+
     def _alloc(self, key: int, nbytes: int) -> None:
         self._ids[key] = self._new_id()
-        self.events.append(("alloc", self._ids[key], nbytes))
+        self.events.append(("alloc", self._ids[key], nbytes, self._device(key)))
 
     def _see(self, t: torch.Tensor, op) -> None:
         """The tracker's own count (unchanged), and an event for each new or resized storage."""
@@ -114,12 +129,13 @@ class CudaTargetTracker(StorageTracker):
             self._workspaces(func)
 
     def _workspaces(self, func) -> None:
-        if not self._cublas:
-            self._cublas = True
-            self.events.append(("alloc", self._new_id(), cublas_workspace_bytes(self.gpu, self.env)))
-        if func is _ADDMM and not self._cublaslt and not cublaslt_uses_cublas_workspace(self.env):
-            self._cublaslt = True
-            self.events.append(("alloc", self._new_id(), cublaslt_workspace_bytes(self.gpu, self.env)))
+        device = self._device()
+        if device not in self._cublas:
+            self._cublas.add(device)
+            self.events.append(("alloc", self._new_id(), cublas_workspace_bytes(self.gpu, self.env), device))
+        if func is _ADDMM and device not in self._cublaslt and not cublaslt_uses_cublas_workspace(self.env):
+            self._cublaslt.add(device)
+            self.events.append(("alloc", self._new_id(), cublaslt_workspace_bytes(self.gpu, self.env), device))
 
     def _sdpa(self, out: tuple) -> None:
         (q, k, v, *rest), kwargs = self._args
@@ -145,10 +161,11 @@ class CudaTargetTracker(StorageTracker):
             events = sdpa_events(call, backend, self.gpu.sm_count)
         self.backends[backend] += 1
         names: dict[str, int] = {}
+        device = self._device(out[0].untyped_storage()._cdata)
         for event in events:
             if event[0] == "alloc":
                 names[event[1]] = self._new_id()
-                self.events.append(("alloc", names[event[1]], event[2]))
+                self.events.append(("alloc", names[event[1]], event[2], device))
             else:
                 self.events.append(("free", names.pop(event[1])))
         output = out[0].untyped_storage()._cdata
@@ -194,29 +211,40 @@ class CudaTargetTracker(StorageTracker):
         self.baseline_events = len(self.events)
 
     def replay(self) -> CudaReplay:
-        """The events through the caching-allocator model: allocated, reserved and device peaks."""
+        """The events through the caching-allocator model, one allocator per device: allocated, reserved
+        and device peaks (per device in ``per_device`` when the model is split; the totals are sums)."""
         options = parse_alloc_conf(self.env.get("PYTORCH_CUDA_ALLOC_CONF"))
-        alloc = Allocator(options, capacity_bytes=None, device_total_bytes=self.gpu.usable_bytes)
-        handles: dict[int, int] = {}
-        load_allocated = load_reserved = 0
+        n = self.devices.n if self.devices is not None else 1
+        allocs = [Allocator(options, capacity_bytes=None, device_total_bytes=self.gpu.usable_bytes) for _ in range(n)]
+        handles: dict[int, tuple[int, int]] = {}
+        load = [(0, 0)] * n
         for i, event in enumerate(self.events):
             if i == self.baseline_events:
-                load_allocated, load_reserved = alloc.max_allocated_bytes, alloc.max_reserved_bytes
-                alloc.reset_peak_stats()
+                load = [(a.max_allocated_bytes, a.max_reserved_bytes) for a in allocs]
+                for a in allocs:
+                    a.reset_peak_stats()
             if event[0] == "alloc":
-                handles[event[1]] = alloc.malloc(event[2])
+                handles[event[1]] = (event[3], allocs[event[3]].malloc(event[2]))
             else:
-                alloc.free(handles.pop(event[1]))
+                device, handle = handles.pop(event[1])
+                allocs[device].free(handle)
         if self.baseline_events >= len(self.events):
-            load_allocated, load_reserved = alloc.max_allocated_bytes, alloc.max_reserved_bytes
+            load = [(a.max_allocated_bytes, a.max_reserved_bytes) for a in allocs]
         fits = self.gpu.allocator_capacity_bytes
-        return CudaReplay(gpu=self.gpu.name, allocated_bytes=alloc.max_allocated_bytes,
-                          reserved_bytes=alloc.max_reserved_bytes,
-                          device_bytes=alloc.max_reserved_bytes + self.gpu.context_bytes,
-                          context_bytes=self.gpu.context_bytes, load_allocated_bytes=load_allocated,
-                          load_reserved_bytes=load_reserved, fits=alloc.max_reserved_bytes <= fits,
-                          usable_bytes=self.gpu.usable_bytes,
-                          backends=dict(self.backends), events=len(self.events))
+        context = self.gpu.context_bytes
+        per_device = [{"device": d, "cuda_allocated_bytes": a.max_allocated_bytes,
+                       "cuda_reserved_bytes": a.max_reserved_bytes,
+                       "cuda_device_bytes": a.max_reserved_bytes + context,
+                       "cuda_load_allocated_bytes": load[d][0], "cuda_load_reserved_bytes": load[d][1]}
+                      for d, a in enumerate(allocs)]
+        return CudaReplay(gpu=self.gpu.name, allocated_bytes=sum(a.max_allocated_bytes for a in allocs),
+                          reserved_bytes=sum(a.max_reserved_bytes for a in allocs),
+                          device_bytes=sum(a.max_reserved_bytes for a in allocs) + n * context,
+                          context_bytes=context, load_allocated_bytes=sum(x for x, _ in load),
+                          load_reserved_bytes=sum(y for _, y in load),
+                          fits=all(a.max_reserved_bytes <= fits for a in allocs),
+                          usable_bytes=self.gpu.usable_bytes, backends=dict(self.backends),
+                          events=len(self.events), per_device=per_device if self.devices is not None else [])
 
 
 def _dense(t: torch.Tensor) -> bool:

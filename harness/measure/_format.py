@@ -91,12 +91,17 @@ _MEASURED_LABELS = (
 def _devices_table(record: Measurement, shares, unit: str) -> list[str]:
     """One row per GPU of a split model: what it holds, its peak, and memcal's prediction beside it."""
     header = ["GPU", "weights", "KV cache", "peak (tensor)", "peak (allocated)"]
+    target = any(d.get("cuda_allocated_bytes") is not None for d in record.devices)  # the dry run's CUDA target
+    if target:
+        header += ["CUDA allocated", "CUDA reserved", "CUDA device total"]
     if shares:
         header += ["memcal", "err"]
     rows = []
     for i, d in enumerate(record.devices):
         row = [str(d.get("device")), _size(d.get("weights_bytes"), unit), _size(d.get("kv_cache_bytes"), unit),
                _size(d.get("peak_tensor_bytes"), unit), _size(d.get("peak_allocated_bytes"), unit)]
+        if target:
+            row += [_size(d.get(k), unit) for k in ("cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_device_bytes")]
         if shares:
             measured = d.get("peak_tensor_bytes") or d.get("peak_allocated_bytes")
             row += [_size(shares[i].total_bytes, unit), _pct(relative_error(shares[i].total_bytes, measured))]

@@ -71,8 +71,6 @@ def measure(model: Any, workload: Workload, *, device: str = "cpu", memory_cap: 
     gpu = _gpu(gpu, device)
     if placement is not None and isolate:
         raise MemcalError("--isolate with a device map is not supported")
-    if placement is not None and gpu is not None:
-        raise MemcalError("--gpu (the CUDA target) with a device map over several GPUs is not supported yet")
     if isolate:
         deadline = time_limit_s + ISOLATE_GRACE_S if time_limit_s else None
         return _measure_isolated(spec, workload, timeout_s=deadline, device=device, memory_cap=memory_cap,
@@ -222,8 +220,11 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     if device == "dry-run" and spec.is_moe and status != "ok":
         notes.append("dry-run MoE: transformers' eager experts read routing counts; its grouped_mm path (the default) "
                      "does not")
-    cuda = _cuda_fields(run.tracker, notes, status) if gpu else {}
+    cuda, cuda_devices = _cuda_fields(run.tracker, notes, status) if gpu else ({}, [])
     split = run.split
+    devices = split.entries(output, session, probe) if split is not None and session else ()
+    if cuda_devices:  # the CUDA target of a split model: each GPU's predicted allocator numbers
+        devices = tuple({**entry, **cuda_devices[i]} for i, entry in enumerate(devices))
     record = Measurement(
         model=spec.name, family=spec.family, device=device, workload=dataclasses.asdict(workload),
         status=status, message=message, kv_cache_bytes=kv,
@@ -233,7 +234,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         wall_time_s=round(session.wall_time_s, 6) if session else None, peak_op=session.peak_op if session else "",
         notes=tuple(notes), env=env_mod.capture(device),
         placement=built.placement.to_dict() if built.placement is not None else {},
-        devices=split.entries(output, session, probe) if split is not None and session else (),
+        devices=devices,
         **{k: v for k, v in (session.peaks if session else {}).items() if k != "devices"}, **common, **cuda)
     del output, input_ids
     return record
@@ -285,19 +286,31 @@ class _Run:
         return status, message, output, session
 
 
-def _cuda_fields(tracker, notes: list, status: str) -> dict:
-    """The CUDA target's replay as record fields (and notes on what was substituted)."""
+_CUDA_DEVICE_FIELDS = ("cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_device_bytes")
+
+
+def _cuda_fields(tracker, notes: list, status: str) -> tuple[dict, list[dict]]:
+    """The CUDA target's replay as record fields (and notes on what was substituted), and for a split
+    model each GPU's fields (the record's totals are their sums)."""
     replay = tracker.replay()
+    per = replay["per_device"]
     backends = ", ".join(f"{b} x{n}" for b, n in sorted(replay["backends"].items())) or "none"
+    each = f" on each of {len(per)} GPUs (totals: sums over them)" if per else ""
     notes.append(f"CUDA target {replay['gpu']}: SDPA backends {backends}; {replay['events']} allocator events; "
-                 f"context {replay['context_bytes']:,} B (an estimate)")
+                 f"context {replay['context_bytes']:,} B (an estimate){each}")
     if not replay["fits"]:
-        notes.append(f"CUDA target {replay['gpu']}: would run out of memory: {replay['reserved_bytes']:,} B reserved "
-                     f"+ the context pass its {replay['usable_bytes']:,} B")
+        capacity = tracker.gpu.allocator_capacity_bytes
+        where = [(d["device"], d["cuda_reserved_bytes"]) for d in per if d["cuda_reserved_bytes"] > capacity] \
+            or [(None, replay["reserved_bytes"])]
+        for device, reserved in where:
+            gpu = f" GPU {device}" if device is not None else ""
+            notes.append(f"CUDA target {replay['gpu']}{gpu}: would run out of memory: {reserved:,} B reserved "
+                         f"+ the context pass its {replay['usable_bytes']:,} B")
     if status != "ok":
-        return {"cuda_gpu": replay["gpu"]}
-    return {"cuda_gpu": replay["gpu"], "cuda_allocated_bytes": replay["allocated_bytes"],
-            "cuda_reserved_bytes": replay["reserved_bytes"], "cuda_device_bytes": replay["device_bytes"]}
+        return {"cuda_gpu": replay["gpu"]}, []
+    return ({"cuda_gpu": replay["gpu"], "cuda_allocated_bytes": replay["allocated_bytes"],
+             "cuda_reserved_bytes": replay["reserved_bytes"], "cuda_device_bytes": replay["device_bytes"]},
+            [{k: d[k] for k in _CUDA_DEVICE_FIELDS} for d in per])
 
 
 class _Split:

@@ -140,7 +140,7 @@ def measure_command(model: str, workload, *, device: str = "cpu", memory_cap: in
         weights_path = str(Path(model).expanduser())
     if time_limit_s is not None and time_limit_s < 0:
         raise MemcalError(f"--time-limit must be 0 (no limit) or positive, got {time_limit_s:g}")
-    target = gpu if device == "dry-run" and not gpus else None  # split over GPUs: --gpu is their kind
+    target = gpu if device == "dry-run" else None  # split over GPUs: --gpu is also their kind
     record = measure(spec, workload, device=device, memory_cap=memory_cap, weights_path=weights_path,
                      trust_remote_code=trust_remote_code, isolate=isolate, gpu=target, cuda_env=cuda_env,
                      placement=placement, extrapolate=not full_trace, time_limit_s=time_limit_s or None,
