@@ -12,7 +12,8 @@ D1… and COND are expressions (estimator/expr.py) over the spec's dims and the 
 are computed), rows (b in generate, else 1), i (the layer), and the flags half (16-bit compute),
 eager, sdpa, gqa (fewer KV heads than heads), mqa (one KV head), sliding (the model has sliding
 layers), full_layers (it has full-attention layers), past_window (ctx reaches the window), beyond_window (passes it), long_prompt (so do the forward's own positions), generate, decode (a generate step after the prompt),
-static (a static cache). DTYPE is
+static (a static cache), and the record's own ``program_flags`` (boolean expressions over its dims, for
+config switches such as use_parallel_residual). DTYPE is
 ``e`` (the compute dtype), ``kv`` (the cache dtype) or a fixed one (``f32``, ``i64``, ``i32``,
 ``bool``, ``f16``, ``bf16``).
 
@@ -195,7 +196,7 @@ def flags(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, bool]:
     widths = [v for k, v in spec.scope.items() if (k in ("hidden", "inter") or "inter" in k or k == "expert_in")
               and isinstance(v, int) and not isinstance(v, bool)]
     sliding = bool(spec.sliding_layers)
-    return {"half": w.dtype != "fp32", "eager": w.attention == "eager", "sdpa": w.attention == "sdpa",
+    return {**record_flags(spec), "half": w.dtype != "fp32", "eager": w.attention == "eager", "sdpa": w.attention == "sdpa",
             "generate": w.phase == "generate", "decode": decode,
             "static": w.cache == "static" and w.phase == "generate",
             "gqa": spec.num_kv_heads < spec.num_heads, "mqa": spec.num_kv_heads == 1 < spec.num_heads,
@@ -204,6 +205,17 @@ def flags(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, bool]:
             "beyond_window": sliding and ctx > spec.sliding_window,
             "long_prompt": sliding and tokens >= spec.sliding_window,
             "aligned": not spec.is_moe or all(v * e % ALIGNMENT_BYTES == 0 for v in widths)}
+
+
+def record_flags(spec) -> dict[str, bool]:
+    """The record's own ``program_flags`` (config switches that change the forward's steps), evaluated
+    over the spec's dims once."""
+    cached = spec.__dict__.get("_record_flags")
+    if cached is None:
+        table = spec.record.program_flags if spec.record is not None else {}
+        cached = {k: bool(evaluate(v, spec.scope)) for k, v in table.items()}
+        object.__setattr__(spec, "_record_flags", cached)
+    return cached
 
 
 def _outs(replay: "_Replay", label: str) -> list[str]:

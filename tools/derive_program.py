@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from estimator import Workload, program  # noqa: E402
+from estimator import Workload, families, program  # noqa: E402
 from estimator.expr import evaluate  # noqa: E402
 from estimator.spec import spec_from_dict  # noqa: E402
 from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
@@ -541,7 +541,9 @@ def observe(spec, w: Workload) -> list[tuple[dict, dict]]:
     for f in keep:
         decode = w.phase == "generate" and f > 0
         t = 1 if decode else w.prompt_len
-        ctx = w.prompt_len + f if w.cache == "dynamic" or not decode else w.prompt_len + f
+        # the last forward kept is generate's last step, always traced; the dry run computes some steps
+        # between in closed form (harness/measure/_decode.py), so its forward count is not its position
+        ctx = w.prompt_len + w.new_tokens - 1 if decode else w.prompt_len
         if w.cache == "static" and w.phase == "generate":
             ctx = w.prompt_len + w.new_tokens - 1
         n_logits = w.prompt_len if w.phase == "prefill" else 1
@@ -571,7 +573,8 @@ def select_configs(family: str, n: int) -> list[dict]:
         if spec.num_layers >= 2:
             kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
             aligned = program.flags(spec, Workload(dtype="bf16"), 1, 1, False)["aligned"]
-            pool.append((config, _int_dims(spec), (kind, aligned), frozenset(spec.layer_kinds)))
+            own = tuple(sorted(program.record_flags(spec).items()))  # the record's program_flags
+            pool.append((config, _int_dims(spec), (kind, aligned, own), frozenset(spec.layer_kinds)))
     chosen: list[tuple] = []
 
     def score(item) -> int:
@@ -579,9 +582,11 @@ def select_configs(family: str, n: int) -> list[dict]:
         values = [v for v in dims.values() if v > 1]
         inside = len(set(values)) - len(values)
         across = sum(all(dims.get(k) != other[1].get(k) for other in chosen) for k in dims)
-        fresh = (variant[0] not in {c[2][0] for c in chosen}) + (variant[1] not in {c[2][1] for c in chosen})
+        fresh = (variant[0] not in {c[2][0] for c in chosen}) + (variant[1] not in {c[2][1] for c in chosen}) + \
+            sum(flag not in {f for c in chosen for f in c[2][2]} for flag in variant[2])
         ones = sum(v == 1 for k, v in dims.items() if not (variant[0] == "mqa" and k == "kv_heads"))
-        return 3 * inside + across + 20 * fresh - 3 * ones
+        zeros = sum(v == 0 for v in dims.values())  # a dim of 0 (no rotary) hides the steps it sizes
+        return 3 * inside + across + 20 * fresh - 3 * ones - 30 * zeros
 
     def take(candidates) -> None:
         best = max(candidates, key=score)
@@ -611,6 +616,9 @@ def main() -> None:
     p.add_argument("--write", action="store_true")
     p.add_argument("--quick", action="store_true", help="bf16/sdpa only (debugging)")
     a = p.parse_args()
+    global FLAGS
+    record = families.get(a.family)
+    FLAGS = FLAGS + tuple(k for k in (record.program_flags if record else ()) if k not in FLAGS)
     configs = select_configs(a.family, a.configs)
     dtypes = ["bf16"] if a.quick else ["fp32", "bf16"]
     attentions = ["sdpa"] if a.quick else ["eager", "sdpa"]

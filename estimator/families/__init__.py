@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -32,7 +32,7 @@ _EXTRA: list[Path] = []
 _MERGED_TABLES = ("config", "dims", "layers", "cache", "activations")
 _TOP_KEYS = {"model_type", "inherit", "source", "declares_kv_heads", "prefix", "layers_path", "nulls",
              "attribute_map", "checks", "drop_tensors", "tensors", "abstract", "program", "program_from", "unsupported",
-             *_MERGED_TABLES}
+             "program_flags", *_MERGED_TABLES}
 TENSOR_KINDS = ("linear", "conv1d", "embedding", "norm", "param", "router", "experts", "buffer")
 
 
@@ -60,6 +60,10 @@ class FamilyRecord:
     # (condition, reason) pairs: workloads transformers itself cannot run on such a model; a condition
     # reads the dims and the workload's `phase`, `cache` and `attention` (the harness refuses them)
     unsupported: tuple[tuple[str, str], ...] = ()
+    # the family's own flags for its program's conditions (estimator/program.py flags()): name -> a
+    # boolean expression over the dims, for config switches that change the forward's steps
+    # (use_parallel_residual, alibi...); tools/derive_program.py fits conditions over them too
+    program_flags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def defaults(self) -> dict[str, Any]:
         """The config namespace before a config.json is read: None for `nulls`, then `config`."""
@@ -215,6 +219,7 @@ def get(model_type: str | None) -> FamilyRecord | None:
         tensors=_frozen(data.get("tensors", [])), activations=_frozen(data.get("activations", {})),
         program=_program(data, path), chain=chain,
         unsupported=tuple(tuple(u) for u in data.get("unsupported", ())),
+        program_flags=_frozen(data.get("program_flags", {})),
     )
 
 
