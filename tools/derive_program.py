@@ -597,6 +597,15 @@ def select_configs(family: str, n: int) -> list[dict]:
     for kind in sorted({k for item in pool for k in item[3]}):  # each kind of layer in three configs
         while sum(kind in c[3] for c in chosen) < 3 and any(kind in item[3] for item in pool):
             take([item for item in pool if kind in item[3]])
+    # each kind of layer with MHA, GQA and MQA (and, for MoE layers, aligned and unaligned experts) where
+    # the family has them: a kind seen only with one KV layout fits its KV dims as constants
+    for kind in sorted({k for item in pool for k in item[3]}):
+        for n, values in ((0, ("mha", "gqa", "mqa")), (1, (True, False) if kind.endswith("/moe") else ())):
+            for value in values:
+                if not any(kind in c[3] and c[2][n] == value for c in chosen):
+                    candidates = [item for item in pool if kind in item[3] and item[2][n] == value]
+                    if candidates:
+                        take(candidates)
     return [c[0] for c in chosen]
 
 
