@@ -9,7 +9,8 @@ is one string:
 
 D1… and COND are expressions (estimator/expr.py) over the spec's dims and the forward's variables: b
 (batch), t (positions in this forward), ctx (positions attended), n_logits (positions whose logits
-are computed), rows (b in generate, else 1), i (the layer), and the flags half (16-bit compute),
+are computed), rows (b in generate, else 1), i (the layer), sw_ctx, sw_kept and sw_past (what a
+sliding-window layer attends, keeps and held: ``window_lengths``), and the flags half (16-bit compute),
 eager, sdpa, gqa (fewer KV heads than heads), mqa (one KV head), sliding (the model has sliding
 layers), full_layers (it has full-attention layers), past_window (ctx reaches the window), beyond_window (passes it), long_prompt (so do the forward's own positions), generate, decode (a generate step after the prompt),
 static (a static cache), and the record's own ``program_flags`` (boolean expressions over its dims, for
@@ -216,6 +217,37 @@ def record_flags(spec) -> dict[str, bool]:
         cached = {k: bool(evaluate(v, spec.scope)) for k, v in table.items()}
         object.__setattr__(spec, "_record_flags", cached)
     return cached
+
+
+def window_lengths(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, int]:
+    """The variables of a window-limited (sliding) attention layer, for one forward (shared with
+    tools/derive_program.py; both are ``ctx`` where the model has no window):
+
+    * ``sw_ctx``: the positions a sliding layer attends, i.e. the key length its cache update returns
+      and the mask's kv_length (transformers cache_utils ``get_mask_sizes``). A dynamic
+      DynamicSlidingWindowLayer keeps window - 1 past positions and concatenates the new ones:
+      min(past, window - 1) + t. A StaticSlidingWindowLayer of min(window, ctx) positions returns
+      them all while they suffice, else the kept ones and the new: max(S, min(past, S - 1) + t).
+    * ``sw_kept``: min(ctx, window), the positions a static sliding layer allocates (and a dynamic
+      one holds once decoding passes the window).
+    * ``sw_past``: the positions of the storage a dynamic sliding layer held before this forward (the
+      old cache it frees): the last torch.cat's, the whole prompt after the prompt's forward, then
+      min(past, window); 0 before the prompt.
+    """
+    window = spec.sliding_window if spec.sliding_layers else None
+    past_storage = 0 if not decode else w.prompt_len if ctx - tokens == w.prompt_len else None
+    if not window:
+        return {"sw_ctx": ctx, "sw_kept": ctx, "sw_past": ctx - tokens if past_storage is None else past_storage}
+    if past_storage is None:
+        past_storage = min(ctx - tokens, window)
+    static = w.cache == "static" and w.phase == "generate"
+    past = ctx - tokens if (decode or not static) else 0
+    kept = min(window, ctx)
+    if static:
+        attended = max(kept, min(past, kept - 1) + tokens)
+    else:
+        attended = min(past, window - 1) + tokens
+    return {"sw_ctx": attended, "sw_kept": kept, "sw_past": past_storage}
 
 
 def _outs(replay: "_Replay", label: str) -> list[str]:

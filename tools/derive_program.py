@@ -404,6 +404,23 @@ class FitTable:
         return self.texts[first], [self.texts[h] for h in hits[1:] if h <= stop]
 
 
+    def fit_covering(self, points: list[tuple[dict, int]], others: list[tuple[dict, int]]) -> str | None:
+        """Of the expressions consistent with every point (the equally simplest), the one that also holds for most of
+        `others` (the same dimension where other flags shaped it differently), then the simplest: a
+        group of a few configs cannot pick a coincidence (b for ctx) over what holds elsewhere."""
+        cols = [self.column.get(self.key(scope)) for scope, _ in points]
+        rest = [self.column.get(self.key(scope)) for scope, _ in others]
+        if any(c is None for c in cols + rest):
+            return None
+        match = np.all(self.values[:, cols] == np.array([v for _, v in points], dtype=np.int64), axis=1)
+        hits = np.flatnonzero(match)
+        if not len(hits):
+            return None
+        hits = hits[self.complexity[hits] == self.complexity[hits[0]]]  # the equally simple
+        cover = (self.values[np.ix_(hits, rest)] == np.array([v for _, v in others], dtype=np.int64)).sum(axis=1)
+        return self.texts[hits[int(np.argmax(cover))]]  # argmax: the first (simplest) of the best
+
+
 _TABLE: FitTable | None = None
 
 
@@ -524,7 +541,7 @@ def _conj_text(conj) -> str:
 def variables_of(spec) -> list[str]:
     dims = [k for k, v in spec.scope.items() if k in spec.record.dims and isinstance(v, int)
             and not isinstance(v, bool)]
-    return ["b", "t", "ctx", "n_logits", "rows", *dims]
+    return ["b", "t", "ctx", "n_logits", "rows", *dims, "sw_ctx", "sw_kept", "sw_past"]
 
 
 def flags_of(spec, w: Workload, t: int, ctx: int, decode: bool) -> dict:
@@ -541,15 +558,15 @@ def observe(spec, w: Workload) -> list[tuple[dict, dict]]:
     for f in keep:
         decode = w.phase == "generate" and f > 0
         t = 1 if decode else w.prompt_len
-        # the last forward kept is generate's last step, always traced; the dry run computes some steps
-        # between in closed form (harness/measure/_decode.py), so its forward count is not its position
-        ctx = w.prompt_len + w.new_tokens - 1 if decode else w.prompt_len
+        # the kept decode forward is generate's last, whose cache reaches kv_len (not prompt + its
+        # index among the forwards seen: a forward whose model hook did not fire goes uncounted)
+        ctx = w.kv_len if decode else w.prompt_len
         if w.cache == "static" and w.phase == "generate":
-            ctx = w.prompt_len + w.new_tokens - 1
+            ctx = w.kv_len
         n_logits = w.prompt_len if w.phase == "prefill" else 1
         scope = {**{k: v for k, v in spec.scope.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                  "b": w.batch, "t": t, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes, "kvb": w.kv_bytes,
-                 "rows": w.batch if w.phase == "generate" else 1}
+                 "rows": w.batch if w.phase == "generate" else 1, **program.window_lengths(spec, w, t, ctx, decode)}
         out.append((cut(events, f, spec, w.dtype), {"scope": scope, "flags": flags_of(spec, w, t, ctx, decode)}))
     return out
 
@@ -594,9 +611,14 @@ def select_configs(family: str, n: int) -> list[dict]:
         chosen.append(best)
     while len(chosen) < n and pool:
         take(pool)
-    for kind in sorted({k for item in pool for k in item[3]}):  # each kind of layer in three configs
-        while sum(kind in c[3] for c in chosen) < 3 and any(kind in item[3] for item in pool):
-            take([item for item in pool if kind in item[3]])
+    # each kind of layer in three configs (half of them where n is larger: a kind seen in few configs
+    # fits their coincidences, e.g. layers - 1 for heads // kv_heads)
+    for kind in sorted({k for item in pool for k in item[3]}):
+        while sum(kind in c[3] for c in chosen) < max(3, n // 2) and any(kind in item[3] for item in pool):
+            having = [item for item in pool if kind in item[3]]
+            seen = Counter(c[2][0] for c in chosen if kind in c[3])  # MHA/GQA/MQA: the rarest among them
+            rarest = min(seen[item[2][0]] for item in having)
+            take([item for item in having if seen[item[2][0]] == rarest])
     # each kind of layer with MHA, GQA and MQA (and, for MoE layers, aligned and unaligned experts) where
     # the family has them: a kind seen only with one KV layout fits its KV dims as constants
     for kind in sorted({k for item in pool for k in item[3]}):
@@ -624,10 +646,21 @@ def main() -> None:
     p.add_argument("--configs", type=int, default=4)
     p.add_argument("--write", action="store_true")
     p.add_argument("--quick", action="store_true", help="bf16/sdpa only (debugging)")
+    p.add_argument("--save", help="also pickle the observations to this file (to re-fit them with --load)")
+    p.add_argument("--load", help="fit the observations pickled by --save instead of tracing")
     a = p.parse_args()
     global FLAGS
     record = families.get(a.family)
     FLAGS = FLAGS + tuple(k for k in (record.program_flags if record else ()) if k not in FLAGS)
+    if a.load:
+        import pickle
+        observations, variables = pickle.loads(Path(a.load).read_bytes())
+        program, problems = build_program(observations, variables)
+        for problem in problems:
+            print("PROBLEM", problem, file=sys.stderr)
+        text = render(program, a.family)
+        write(a.family, text) if a.write else print(text)
+        return
     configs = select_configs(a.family, a.configs)
     dtypes = ["bf16"] if a.quick else ["fp32", "bf16"]
     attentions = ["sdpa"] if a.quick else ["eager", "sdpa"]
@@ -638,9 +671,14 @@ def main() -> None:
         for dtype, attention in itertools.product(dtypes, attentions):
             batch, prompt = workload_sizes(spec, n)
             # a sliding window: prompts past it and within it (a generate that crosses it, too)
+            # a sliding window: prompts past it and within it (a generate that crosses it, too, and
+            # one that stays within it)
             prompts = [prompt] + ([max(3, spec.sliding_window - 2)] if spec.sliding_layers else [])
-            for (phase, cache), length in itertools.product(
-                    (("prefill", "dynamic"), ("generate", "dynamic"), ("generate", "static")), prompts):
+            runs = list(itertools.product((("prefill", "dynamic"), ("generate", "dynamic"), ("generate", "static")),
+                                          prompts))
+            if spec.sliding_layers and spec.sliding_window - 5 - n >= 2:
+                runs += [(("generate", cache), spec.sliding_window - 5 - n) for cache in ("dynamic", "static")]
+            for (phase, cache), length in runs:
                 w = Workload(batch=batch, prompt_len=length, new_tokens=3 + n if phase == "generate" else 0,
                              dtype=dtype, attention=attention, cache=cache)
                 try:
@@ -665,6 +703,9 @@ def main() -> None:
                             Observation(tokens, {**info["scope"], "i": i}, info["flags"], fid))
     for f in failures:
         print("FAILED", f, file=sys.stderr)
+    if a.save:
+        import pickle
+        Path(a.save).write_bytes(pickle.dumps((dict(observations), variables_of(spec_from_dict(configs[0])))))
     program, problems = build_program(observations, variables_of(spec_from_dict(configs[0])))
     for problem in problems:
         print("PROBLEM", problem, file=sys.stderr)
@@ -783,9 +824,19 @@ def _shapes(m: Merged, obs: list[Observation], variables: list[str], part: str, 
     groups: dict[tuple, set] = defaultdict(set)
     for o in everyone:
         groups[tuple(sorted(obs[o].flags.items()))].add(o)
+    # the dimensions one expression fits everywhere keep it; only the others are fitted per group (so
+    # that a group's few configs cannot replace a general dimension with their coincidences)
+    common = [fit(dim_points, variables)[0] for dim_points in points(everyone)]
     shaped: dict[str, set] = defaultdict(set)
     for members in groups.values():
-        dims, notes = _fit_shape(points(members), variables)
+        dims, notes = _fit_shape([p for p, c in zip(points(members), common) if c is None], variables)
+        if dims is not None and _TABLE is not None and _TABLE.variables == variables:
+            others = points(everyone - members)
+            failing = [k for k, c in enumerate(common) if c is None]
+            dims = [_TABLE.fit_covering(points(members)[k], others[k]) or dims[n] for n, k in enumerate(failing)]
+        if dims is not None:
+            rest = iter(dims)
+            dims = [c if c is not None else next(rest) for c in common]
         if dims is None:
             values = [t.shape for o, t, _ in m.seen if o in members][:4]
             problems.append(f"{part}: no expression for {m.sig} under {dict(obs[min(members)].flags)}: {values}")
