@@ -13,8 +13,11 @@ are computed), rows (b in generate, else 1), i (the layer), sw_ctx, sw_kept and 
 sliding-window layer attends, keeps and held: ``window_lengths``), and the flags half (16-bit compute),
 eager, sdpa, gqa (fewer KV heads than heads), mqa (one KV head), sliding (the model has sliding
 layers), full_layers (it has full-attention layers), past_window (ctx reaches the window), beyond_window (passes it), long_prompt (so do the forward's own positions), generate, decode (a generate step after the prompt),
-static (a static cache), and the record's own ``program_flags`` (boolean expressions over its dims, for
-config switches such as use_parallel_residual). DTYPE is
+static (a static cache), multi_chunk (the forward's positions fill more than one chunk of the record's
+``chunk`` dim: a chunked linear-attention / state-space kernel loops over chunks), and, where the
+record has a ``chunk`` dim, the variable chunks (ceil(t / chunk)); the record's own ``program_flags``
+(boolean expressions over its dims, for config switches such as use_parallel_residual). A record's
+boolean dims are flags too (conditions may read any dim). DTYPE is
 ``e`` (the compute dtype), ``kv`` (the cache dtype) or a fixed one (``f32``, ``i64``, ``i32``,
 ``bool``, ``f16``, ``bf16``).
 
@@ -205,7 +208,23 @@ def flags(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, bool]:
             "past_window": sliding and ctx >= spec.sliding_window,
             "beyond_window": sliding and ctx > spec.sliding_window,
             "long_prompt": sliding and tokens >= spec.sliding_window,
-            "aligned": not spec.is_moe or all(v * e % ALIGNMENT_BYTES == 0 for v in widths)}
+            "aligned": not spec.is_moe or all(v * e % ALIGNMENT_BYTES == 0 for v in widths),
+            "multi_chunk": tokens > _chunk(spec)}
+
+
+def _chunk(spec) -> int | float:
+    """The record's ``chunk`` dim (the chunk length of a chunked linear-attention / state-space kernel),
+    or infinity where it has none."""
+    chunk = spec.scope.get("chunk")
+    return chunk if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk > 0 else math.inf
+
+
+def variables(spec, tokens: int) -> dict[str, int]:
+    """The forward's variables besides b, t, ctx, n_logits, rows (one definition, shared with
+    tools/derive_program.py): ``chunks``, the forward's positions in chunks of the record's ``chunk``
+    dim (a chunked kernel pads its input to whole chunks), where the record has one."""
+    chunk = _chunk(spec)
+    return {} if chunk == math.inf else {"chunks": -(-tokens // chunk)}
 
 
 def record_flags(spec) -> dict[str, bool]:

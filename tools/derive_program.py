@@ -39,7 +39,9 @@ DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16
                torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8", torch.int8: "i8"}
 COMPUTE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FLAGS = ("half", "eager", "generate", "decode", "static", "gqa", "mqa", "sliding", "full_layers", "past_window",
-         "beyond_window", "long_prompt", "aligned")
+         "beyond_window", "long_prompt", "aligned", "multi_chunk")
+# main() adds the family's flag dims: boolean dims of its record named is_* (e.g. whether a linear
+# attention's key heads are grouped), so that a step whose presence depends on the config can say on what.
 # Ops that allocate the same output whatever their inputs (a linear layer with or without bias).
 SAME_OP = {"addmm": "mm"}
 PRIMES = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]
@@ -541,11 +543,16 @@ def _conj_text(conj) -> str:
 def variables_of(spec) -> list[str]:
     dims = [k for k, v in spec.scope.items() if k in spec.record.dims and isinstance(v, int)
             and not isinstance(v, bool)]
-    return ["b", "t", "ctx", "n_logits", "rows", *dims, "sw_ctx", "sw_kept", "sw_past"]
+    extra = ["chunks"] if "chunk" in spec.scope else []
+    return ["b", "t", "ctx", "n_logits", "rows", *extra, *dims, "sw_ctx", "sw_kept", "sw_past"]
+
+
+def flag_dims(spec) -> tuple[str, ...]:
+    return tuple(k for k in spec.record.dims if k.startswith("is_") and isinstance(spec.scope.get(k), bool))
 
 
 def flags_of(spec, w: Workload, t: int, ctx: int, decode: bool) -> dict:
-    out = program.flags(spec, w, t, ctx, decode)
+    out = {**program.flags(spec, w, t, ctx, decode), **{k: spec.scope[k] for k in flag_dims(spec)}}
     return {f: out[f] for f in FLAGS}
 
 
@@ -566,7 +573,8 @@ def observe(spec, w: Workload) -> list[tuple[dict, dict]]:
         n_logits = w.prompt_len if w.phase == "prefill" else 1
         scope = {**{k: v for k, v in spec.scope.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                  "b": w.batch, "t": t, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes, "kvb": w.kv_bytes,
-                 "rows": w.batch if w.phase == "generate" else 1, **program.window_lengths(spec, w, t, ctx, decode)}
+                 "rows": w.batch if w.phase == "generate" else 1, **program.window_lengths(spec, w, t, ctx, decode),
+                 **program.variables(spec, t)}
         out.append((cut(events, f, spec, w.dtype), {"scope": scope, "flags": flags_of(spec, w, t, ctx, decode)}))
     return out
 
@@ -662,6 +670,7 @@ def main() -> None:
         write(a.family, text) if a.write else print(text)
         return
     configs = select_configs(a.family, a.configs)
+    FLAGS = FLAGS + flag_dims(spec_from_dict(configs[0]))
     dtypes = ["bf16"] if a.quick else ["fp32", "bf16"]
     attentions = ["sdpa"] if a.quick else ["eager", "sdpa"]
     observations: dict[str, list[Observation]] = defaultdict(list)
@@ -678,6 +687,8 @@ def main() -> None:
                                           prompts))
             if spec.sliding_layers and spec.sliding_window - 5 - n >= 2:
                 runs += [(("generate", cache), spec.sliding_window - 5 - n) for cache in ("dynamic", "static")]
+            if "chunk" in spec.scope:  # a chunked kernel: a prompt of two chunks, too (its loop runs twice)
+                runs.append((("prefill", "dynamic"), prompt + spec.scope["chunk"]))
             for (phase, cache), length in runs:
                 w = Workload(batch=batch, prompt_len=length, new_tokens=3 + n if phase == "generate" else 0,
                              dtype=dtype, attention=attention, cache=cache)

@@ -173,7 +173,8 @@ def forward_scope(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits:
     generic = _generic_widths(spec) if program.is_generic(spec) else {}
     return {**spec.scope, **generic, "b": w.batch, "t": tokens, "ctx": ctx, "n_logits": n_logits, "e": w.dtype_bytes,
             "kvb": w.kv_bytes, "rows": w.batch if w.phase == "generate" else 1, "i": 0,
-            **program.window_lengths(spec, w, tokens, ctx, decode), **program.flags(spec, w, tokens, ctx, decode)}
+            **program.window_lengths(spec, w, tokens, ctx, decode), **program.variables(spec, tokens),
+            **program.flags(spec, w, tokens, ctx, decode)}
 
 
 def _forward(spec: ModelSpec, w: Workload, tokens: int, ctx: int, n_logits: int, decode: bool) -> program.ForwardRun:
