@@ -559,7 +559,7 @@ def _int_dims(spec) -> dict[str, int]:
             and not isinstance(v, bool) and k not in ("layers", "positions")}
 
 
-def select_configs(family: str, n: int) -> list[dict]:
+def select_configs(family: str, n: int, where: str | None = None) -> list[dict]:
     """`n` configs whose dims differ from each other's and within each config as much as possible (so
     that every fit is unambiguous), MHA, GQA and MQA (and aligned or not experts) among them, then
     more until every kind of layer is seen in at least three configs."""
@@ -570,7 +570,7 @@ def select_configs(family: str, n: int) -> list[dict]:
             spec = spec_from_dict(config)
         except Exception:
             continue
-        if spec.num_layers >= 2:
+        if spec.num_layers >= 2 and (where is None or evaluate(where, spec.scope)):
             kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
             aligned = program.flags(spec, Workload(dtype="bf16"), 1, 1, False)["aligned"]
             own = tuple(sorted(program.record_flags(spec).items()))  # the record's program_flags
@@ -615,11 +615,13 @@ def main() -> None:
     p.add_argument("--configs", type=int, default=4)
     p.add_argument("--write", action="store_true")
     p.add_argument("--quick", action="store_true", help="bf16/sdpa only (debugging)")
+    p.add_argument("--where", help="only configs whose dims satisfy this expression (a switch whose steps a "
+                                   "program cannot say, e.g. a loop over heads, left out and written by hand)")
     a = p.parse_args()
     global FLAGS
     record = families.get(a.family)
     FLAGS = FLAGS + tuple(k for k in (record.program_flags if record else ()) if k not in FLAGS)
-    configs = select_configs(a.family, a.configs)
+    configs = select_configs(a.family, a.configs, a.where)
     dtypes = ["bf16"] if a.quick else ["fp32", "bf16"]
     attentions = ["sdpa"] if a.quick else ["eager", "sdpa"]
     observations: dict[str, list[Observation]] = defaultdict(list)
