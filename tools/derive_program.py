@@ -584,7 +584,7 @@ def _int_dims(spec) -> dict[str, int]:
             and not isinstance(v, bool) and k not in ("layers", "positions")}
 
 
-def select_configs(family: str, n: int) -> list[dict]:
+def select_configs(family: str, n: int, where: str | None = None) -> list[dict]:
     """`n` configs whose dims differ from each other's and within each config as much as possible (so
     that every fit is unambiguous), MHA, GQA and MQA (and aligned or not experts) among them, then
     more until every kind of layer is seen in at least three configs."""
@@ -595,7 +595,7 @@ def select_configs(family: str, n: int) -> list[dict]:
             spec = spec_from_dict(config)
         except Exception:
             continue
-        if spec.num_layers >= 2:
+        if spec.num_layers >= 2 and (where is None or evaluate(where, spec.scope)):
             kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
             aligned = program.flags(spec, Workload(dtype="bf16"), 1, 1, False)["aligned"]
             own = tuple(sorted(program.record_flags(spec).items()))  # the record's program_flags
@@ -656,6 +656,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="bf16/sdpa only (debugging)")
     p.add_argument("--save", help="also pickle the observations to this file (to re-fit them with --load)")
     p.add_argument("--load", help="fit the observations pickled by --save instead of tracing")
+    p.add_argument("--where", help="only configs whose dims satisfy this expression (a switch whose steps a "
+                                   "program cannot say, e.g. a loop over heads, left out and written by hand)")
     a = p.parse_args()
     global FLAGS
     record = families.get(a.family)
@@ -669,7 +671,7 @@ def main() -> None:
         text = render(program, a.family)
         write(a.family, text) if a.write else print(text)
         return
-    configs = select_configs(a.family, a.configs)
+    configs = select_configs(a.family, a.configs, a.where)
     FLAGS = FLAGS + flag_dims(spec_from_dict(configs[0]))
     dtypes = ["bf16"] if a.quick else ["fp32", "bf16"]
     attentions = ["sdpa"] if a.quick else ["eager", "sdpa"]

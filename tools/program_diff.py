@@ -53,7 +53,7 @@ def main() -> None:
     print(f"{spec.family}: layers {spec.layer_kinds}; program {'generic' if program.is_generic(spec) else 'derived'}")
     shown = False
     for parts, info in dp.observe(spec, w):
-        scope = {**spec.scope, **info["scope"], **info["flags"]}
+        scope = {**spec.scope, **info["scope"], **program.record_flags(spec), **info["flags"]}
         print(f"forward t={scope['t']} ctx={scope['ctx']} flags: "
               + " ".join(k for k, v in info["flags"].items() if v))
         order = ["prologue", *sorted((k for k in parts if isinstance(k, tuple)), key=lambda k: k[1]), "epilogue"]
