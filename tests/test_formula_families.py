@@ -36,8 +36,8 @@ GENERIC_MEDIAN_LIMIT, GENERIC_MAX_LIMIT = 0.10, 0.35
 MEASURED_LIMITS = {
     # derived programs whose shapes or conditions miss some configs
     "cohere2": (0.0005, 0.06), "falcon": (0.016, 0.35),
-    # derived where no sliding window, the generic program on sliding layers (phi3's own; qwen2: llama's)
-    "phi3": (0.05, 0.20), "qwen2": (0.01, 0.06),
+    # derived where no sliding window, the generic program on sliding layers
+    "phi3": (0.05, 0.20),
     # the generic decoder program on architectures it does not describe
     "deepseek_v3": (0.001, 0.50), "gpt_oss": (0.12, 0.25), "llama4_text": (0.11, 0.53),
     "nemotron_h": (0.007, 0.10),
