@@ -125,7 +125,8 @@ def test_merge_refuses_a_point_twice(tmp_path):
         merge_results([a, b], tmp_path / "m.jsonl")
 
 
-@pytest.mark.parametrize("name, minimum", [("cpu-grid", 300), ("dryrun-catalogue", 900)])
+@pytest.mark.parametrize("name, minimum", [("cpu-grid", 300), ("dryrun-catalogue", 1900),
+                                           ("dryrun-architectures", 800)])
 def test_committed_datasets_load(name, minimum):
     path = RESULTS / "cpu-2core-ref" / f"{name}.jsonl"
     if not path.exists():
@@ -135,3 +136,4 @@ def test_committed_datasets_load(name, minimum):
     assert frame["point_id"].is_unique
     assert (frame["status"] == "ok").sum() > minimum // 2
     assert frame.attrs["header"]["env"]["torch"]
+    assert frame.attrs["header"]["env"]["dirty"] is False  # committed datasets come from a clean tree
