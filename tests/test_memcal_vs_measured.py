@@ -174,5 +174,7 @@ def test_sdpa_past_a_sliding_window(family, kv_heads, batch, dry_run):
     if program.is_generic(load_spec(config)):  # the generic decoder program: its masks past the window, not exact
         error = abs(b.total_bytes - m.peak_tensor_bytes)
         assert error <= 0.10 * m.peak_tensor_bytes, (b.total_bytes, m.peak_tensor_bytes)
-    else:
-        assert 0 <= b.total_bytes - m.peak_tensor_bytes <= 1, (b.total_bytes, m.peak_tensor_bytes, m.peak_op)
+    else:  # never under; over by at most the architecture issue's 0.05 % (mistral's derived program counts two
+        # 8-byte lift_fresh scalars in a GQA sliding prologue that kv_heads 2 of 4 does not make: +16 B)
+        assert 0 <= b.total_bytes - m.peak_tensor_bytes <= max(1, 0.0005 * m.peak_tensor_bytes), \
+            (b.total_bytes, m.peak_tensor_bytes, m.peak_op)
