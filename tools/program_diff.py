@@ -68,36 +68,31 @@ def main() -> None:
                 steps = prog.layers.get(kind, prog.layers.get("*"))
                 scope["i"] = part[1]
             compiled = program._compile(steps, scope)
-            # traced: alloc sizes; frees resolved within the part (inputs/prologue tensors: sizes unknown here)
-            t_sizes, t_labels, made = [], [], {}
+            # (alignment key, text, bytes) per step; a traced free of an input or a prologue tensor counts 0 here
+            traced, made = [], {}
             for k, tok in enumerate(tokens):
+                if tok.kind == "free":
+                    size = -made.get(tok.ref[1], 0) if tok.ref and tok.ref[0] == part else 0
+                    where = f" ({tok.ref[0]})" if tok.ref and tok.ref[0] != part else ""
+                    traced.append((f"-{tok.sig[1]}", f"-{tok.sig[1]}{where}", size))
+                    continue
+                size = math.prod(tok.shape) * program.DTYPES.get(tok.dtype, scope["e"] if tok.dtype == "e" else 1)
                 if tok.kind == "alloc":
-                    size = math.prod(tok.shape) * program.DTYPES.get(tok.dtype, scope["e"] if tok.dtype == "e" else 0)
                     made[k] = size
-                    t_sizes.append(size)
-                    t_labels.append(f"+{tok.op} {tuple(tok.shape)} {tok.dtype} = {size}")
-                elif tok.kind == "free":
-                    size = made.get(tok.ref[1], 0) if tok.ref and tok.ref[0] == part else 0
-                    t_sizes.append(-size)
-                    t_labels.append(f"-{tok.sig[1]} {'(' + tok.ref[0] + ')' if tok.ref and tok.ref[0] != part else ''}"
-                                    f" = {-size}")
+                    traced.append((f"+{tok.op}", f"+{tok.op} {tuple(tok.shape)} {tok.dtype}", size))
                 else:
-                    size = math.prod(tok.shape) * program.DTYPES.get(tok.dtype, scope["e"] if tok.dtype == "e" else 1)
-                    t_sizes.append(-size)
-                    t_labels.append(f"~ {tuple(tok.shape)} = {-size}")
-            p_sizes, p_labels, alive = [], [], {}
+                    traced.append(("~", f"~ {tuple(tok.shape)}", -size))
+            replayed, alive = [], {}
             for kind, ids, size, op in compiled:
                 if kind == "alloc":
                     alive[ids[0]] = size
-                    p_sizes.append(size)
-                    p_labels.append(f"+{op} = {size}")
+                    replayed.append((f"+{op}", f"+{op}", size))
                 elif kind == "release":
-                    p_sizes.append(-size)
-                    p_labels.append(f"~ = {-size}")
+                    replayed.append(("~", "~", -size))
                 else:
-                    freed = sum(alive.pop(i, 0) for i in ids)
-                    p_sizes.append(-freed)
-                    p_labels.append(f"-{' '.join(ids)} = {-freed}")
+                    replayed.append((f"-{re.sub(r'[0-9]+$', '', ids[0])}", f"-{' '.join(ids)}",
+                                     -sum(alive.pop(i, 0) for i in ids)))
+            t_sizes, p_sizes = [x[2] for x in traced], [x[2] for x in replayed]
             tp, tl = peak_delta(t_sizes)
             pp, pl = peak_delta(p_sizes)
             mark = "" if (tp, tl) == (pp, pl) else "   <-- differs"
@@ -105,16 +100,14 @@ def main() -> None:
             print(f"  {label:40} traced peak {tp:>10} change {tl:>10} | program peak {pp:>10} change {pl:>10}{mark}")
             if mark and (a.all or not shown):
                 shown = True
-                a_keys = [s.split(" = ")[0].split(" (")[0].split("(")[0].strip().split(" ")[0] for s in t_labels]
-                b_keys = [re.sub(r"\d+$", "", s.split(" = ")[0].split(" ")[0]) for s in p_labels]
-                sm = difflib.SequenceMatcher(None, a_keys, b_keys, autojunk=False)
+                sm = difflib.SequenceMatcher(None, [x[0] for x in traced], [x[0] for x in replayed], autojunk=False)
                 for tag, i1, i2, j1, j2 in sm.get_opcodes():
                     for k in range(max(i2 - i1, j2 - j1)):
-                        left = t_labels[i1 + k] if i1 + k < i2 else ""
-                        right = p_labels[j1 + k] if j1 + k < j2 else ""
-                        flag = " " if tag == "equal" and left.split(" = ")[-1] == right.split(" = ")[-1] else "*"
-                        print(f"      {flag} {left:60} | {right}")
-
+                        left = traced[i1 + k] if i1 + k < i2 else None
+                        right = replayed[j1 + k] if j1 + k < j2 else None
+                        same = tag == "equal" and left[2] == right[2]
+                        text = lambda x: f"{x[1]} = {x[2]}" if x else ""  # noqa: E731
+                        print(f"      {' ' if same else '*'} {text(left):60} | {text(right)}")
 
 if __name__ == "__main__":
     main()
