@@ -247,12 +247,15 @@ def _has_bias(spec) -> bool:
 
 
 def _reserved(weights: list[int], workspaces: list[int], spec, workload, breakdown, activations: int, load_extra: int,
-              since: str, options: AllocatorOptions, gpu: GpuProfile, sdpa_blocks: list[int] = ()) -> int:
+              since: str, options: AllocatorOptions, gpu: GpuProfile, sdpa_blocks: list[int] = (),
+              kv_blocks: list[int] | None = None, layers_here: bool = True) -> int:
     """max_memory_reserved from a replay: weights (one block each), the load transient (freed), the
     workspaces, the KV cache (a key and a value block per layer), then for a prefill the layers' working
     set (blocks of one MLP intermediate each, freed: they stay cached) before the activation peak (one
     block): a peak in the logits cannot reuse the smaller cached blocks of the layers. ``sdpa_blocks``:
-    the CUDA SDPA call's blocks alive at its peak (math's fp32 copies and scores), cached the same way."""
+    the CUDA SDPA call's blocks alive at its peak (math's fp32 copies and scores), cached the same way.
+    ``kv_blocks``, ``layers_here``: one GPU of a split model (split.py): its share of the cache's blocks, and
+    whether it runs decoder layers (their working set) at all."""
     alloc = Allocator(options, capacity_bytes=None, device_total_bytes=gpu.usable_bytes)
     for size in weights:
         alloc.malloc(size)
@@ -262,12 +265,14 @@ def _reserved(weights: list[int], workspaces: list[int], spec, workload, breakdo
         alloc.reset_peak_stats()
     for size in workspaces:
         alloc.malloc(size)
-    layers = max(spec.num_layers, 1)
-    per_layer = breakdown.kv_cache_bytes // (2 * layers)
-    if per_layer:
-        for _ in range(2 * layers):
-            alloc.malloc(per_layer)
-    for handle in [alloc.malloc(size) for size in [*_layer_blocks(spec, workload, activations), *sdpa_blocks]]:
+    if kv_blocks is None:
+        layers = max(spec.num_layers, 1)
+        per_layer = breakdown.kv_cache_bytes // (2 * layers)
+        kv_blocks = [per_layer] * (2 * layers) if per_layer else []
+    for size in kv_blocks:
+        alloc.malloc(size)
+    working = [*_layer_blocks(spec, workload, activations), *sdpa_blocks] if layers_here else []
+    for handle in [alloc.malloc(size) for size in working]:
         alloc.free(handle)  # all alive at once, then cached
     if activations > 0:
         alloc.malloc(activations)

@@ -74,8 +74,10 @@ def register(p: argparse.ArgumentParser) -> None:
     add_split_arguments(p)
 
 
-def split_text(spec, workload, budget: dict[int, int], strategy: str, unit: str) -> tuple[str, dict]:
-    """memcal's formula per GPU of accelerate's device map (estimator/devices.py): text and JSON."""
+def split_text(spec, workload, budget: dict[int, int], strategy: str, unit: str, gpu=None, env=None,
+               since: str = "process", options=None) -> tuple[str, dict]:
+    """memcal's formula per GPU of accelerate's device map (estimator/devices.py): text and JSON; with a
+    GPU profile, each GPU's CUDA totals too (estimator/cuda/split.py)."""
     from pathlib import Path
 
     from estimator.devices import STRATEGIES, device_map, split_estimate
@@ -88,16 +90,28 @@ def split_text(spec, workload, budget: dict[int, int], strategy: str, unit: str)
     rows = [[str(s.device), human(s.weights_bytes, unit), human(s.kv_cache_bytes, unit),
              human(s.activation_bytes, unit), human(s.total_bytes, unit), human(budget[s.device], unit), s.where]
             for s in shares]
+    headers, align = ["GPU", "weights", "KV cache", "activations", "total", "budget", "peak set by"], "lrrrrrl"
+    cuda, notes = None, []
+    if gpu is not None:
+        from estimator.cuda.split import split_cuda_totals
+        cuda, notes = split_cuda_totals(spec, workload, gpu, dmap, len(budget), env=env, since=since, options=options)
+        for row, t in zip(rows, cuda):
+            row[5:5] = [human(t.allocated_bytes, unit), human(t.reserved_bytes, unit), human(t.device_bytes, unit)]
+        headers[5:5] = ["CUDA allocated", "CUDA reserved", "CUDA device total"]
+        align = "lrrrrrrrrl"
     layers = {}
     from estimator.devices import layer_devices
     for i, d in enumerate(layer_devices(spec, dmap)):
         layers.setdefault(d, []).append(i)
     spans = ", ".join(f"GPU {d}: layers {v[0]}-{v[-1]}" for d, v in sorted(layers.items()))
-    text = "\n".join([f"per GPU ({unit}; memcal's formula; {strategy} device map over {len(budget)} GPUs: {spans})",
-                      table(rows, ["GPU", "weights", "KV cache", "activations", "total", "budget", "peak set by"],
-                            "lrrrrrl")])
-    return text, {"device_map": dmap, "devices": [s.to_dict() for s in shares],
-                  "max_memory_bytes": {str(k): v for k, v in budget.items()}}
+    on = f" on {gpu.name}" if gpu is not None else ""
+    text = "\n".join([f"per GPU ({unit}; memcal's formula; {strategy} device map over {len(budget)} GPUs{on}: {spans})",
+                      table(rows, headers, align), *[f"  note: {n}" for n in notes]])
+    devices = [s.to_dict() for s in shares]
+    if cuda is not None:
+        for entry, t in zip(devices, cuda):
+            entry.update({k: v for k, v in t.to_dict().items() if k.startswith("cuda_")})
+    return text, {"device_map": dmap, "devices": devices, "max_memory_bytes": {str(k): v for k, v in budget.items()}}
 
 
 def _params(text) -> int | None:
@@ -153,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     split = None
     if getattr(args, "gpus", None):
         from .measure import split_budget
-        split = split_text(result.spec, result.workload, split_budget(args), args.device_map, args.unit)
+        split = split_text(result.spec, result.workload, split_budget(args), args.device_map, args.unit,
+                           gpu=gpu, env=cuda_env(args) if gpu is not None else None, since=args.since, options=options)
     if args.json:
         out = result.to_dict()
         if split is not None:
@@ -170,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         if result.calibration is not None:
             print(f"calibration  {result.calibration.describe()}")
         print(estimate_text(result, unit=args.unit))
-        if totals is not None:
+        if totals is not None and split is None:
             print("\n" + cuda_text(totals, args.unit, gpu))
         if split is not None:
             print("\n" + split[0])
