@@ -72,7 +72,9 @@ class Workload:
     """One inference workload. Lengths are in tokens.
 
     ``prompt_len`` is the prompt (the seeds' sequence length for a prefill); ``new_tokens`` the tokens
-    that ``generate`` produces. ``kv_dtype`` defaults to ``dtype``.
+    that ``generate`` produces. ``kv_dtype`` defaults to ``dtype``. ``padding``: left-pad tokens in every
+    row but the first (a batch of prompts ``padding`` tokens shorter than the longest, padded on the left
+    as transformers pads for generate): the inputs carry an attention mask with that many zeros per row.
     """
 
     batch: int = 1
@@ -85,9 +87,10 @@ class Workload:
     phase: str | None = None
     cache: str = "dynamic"
     double_quant: bool = False
+    padding: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch", "prompt_len", "new_tokens"):
+        for name in ("batch", "prompt_len", "new_tokens", "padding"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MemcalError(f"{name} must be an integer, got {value!r}")
@@ -97,6 +100,11 @@ class Workload:
             raise MemcalError(f"sequence length must be positive, got {self.prompt_len}")
         if self.new_tokens < 0:
             raise MemcalError(f"new tokens must be zero or more, got {self.new_tokens}")
+        if not 0 <= self.padding < self.prompt_len:
+            raise MemcalError(f"padding must be at least 0 and less than the prompt ({self.prompt_len} tokens), "
+                              f"got {self.padding}")
+        if self.padding and self.batch < 2:
+            raise MemcalError("padding pads every row but the first (the longest prompt): it needs batch 2 or more")
         set_ = object.__setattr__
         set_(self, "dtype", normalise_dtype(self.dtype))
         set_(self, "weights", normalise_weights(self.weights))
@@ -148,6 +156,11 @@ class Workload:
             return GGUF_TYPES[self.weights][0]
         return BNB_BITS[self.weights]
 
+    @property
+    def mask_ones(self) -> int:
+        """Ones in the prompt's attention mask: the tokens flash attention's unpadding keeps."""
+        return self.batch * self.prompt_len - (self.batch - 1) * self.padding
+
     def with_(self, **changes) -> "Workload":
         """A copy with changes; a KV dtype that only followed the compute dtype keeps following it."""
         if "dtype" in changes and "kv_dtype" not in changes and self.kv_dtype == self.dtype:
@@ -159,4 +172,6 @@ class Workload:
         text = f"batch {self.batch}, prompt {self.prompt_len}"
         if self.phase == "generate":
             text += f" + {self.new_tokens} new"
+        if self.padding:
+            text += f" ({self.padding} left-padded in rows 2-{self.batch})"
         return f"{text} tokens, {weights}, KV {self.kv_dtype}, {self.attention} attention, {self.phase}"

@@ -64,7 +64,7 @@ def point_label(record: Mapping[str, Any]) -> str:
     if w.get("weights", "none") != "none":
         text += f"/{w['weights']}" + ("+dq" if w.get("double_quant") else "")
     text += f" b{w.get('batch')} s{w.get('prompt_len')}{gen} {w.get('phase')}"
-    extras = [f"{k}={w[k]}" for k, default in (("attention", "sdpa"), ("cache", "dynamic"))
+    extras = [f"{k}={w[k]}" for k, default in (("attention", "sdpa"), ("cache", "dynamic"), ("padding", 0))
               if w.get(k, default) != default]
     if w.get("kv_dtype") not in (None, w.get("dtype")):
         extras.append(f"kv={w['kv_dtype']}")

@@ -103,3 +103,16 @@ def test_dry_run_memory_cap_answers_does_it_fit():
     assert r.status == "oom" and "memory cap" in r.message
     small = measure(tiny("llama"), Workload(batch=1, prompt_len=8), device="dry-run", memory_cap=24 * 2**30)
     assert small.ok
+
+
+@pytest.mark.parametrize("family,attention", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa"),
+                                              ("mistral", "sdpa")])
+def test_dry_run_with_a_padded_batch_equals_real_cpu(family, attention):
+    """A padded batch (rows 2.. left-padded, the mask passed as a tokenizer passes it): the dry run knows
+    the mask's value, so transformers' padding masks, positions and every allocation are the real run's."""
+    wls = [Workload(batch=3, prompt_len=12, dtype="bf16", attention=attention, padding=5),
+           Workload(batch=3, prompt_len=12, new_tokens=3, dtype="bf16", attention=attention, padding=5)]
+    for wl, real, fake, real_trace, fake_trace in _pair(tiny(family), "bf16", attention, wls):
+        assert fake.peak_tensor_bytes == real.peak_tensor_bytes, wl.describe()
+        assert fake.kv_cache_bytes == real.kv_cache_bytes
+        assert fake_trace == real_trace

@@ -111,6 +111,17 @@ def test_point_id_is_pinned():
         "attention": "sdpa", "phase": "prefill", "cache": "dynamic", "double_quant": False}})
 
 
+def test_padding_axis_pads_batches_of_two_or_more_and_keeps_unpadded_ids(tmp_path):
+    """`padding = [0, 3]`: each padded point is a new one (batch 1 has no row to pad: left out); the
+    unpadded points keep the ids they had before the axis existed (the field is left out at its default)."""
+    plain = load_experiment(write_experiment(tmp_path, grids=[dict(
+        models=["configs/tiny-a.json"], batch_sizes=[1, 2], prompt_lengths=[8])]))
+    padded = load_experiment(write_experiment(tmp_path, grids=[dict(
+        models=["configs/tiny-a.json"], batch_sizes=[1, 2], prompt_lengths=[8], padding=[0, 3])]))
+    assert [(p.workload.batch, p.workload.padding) for p in padded.points] == [(1, 0), (2, 0), (2, 3)]
+    assert {p.point_id for p in plain.points} < {p.point_id for p in padded.points}
+
+
 def test_dominates_is_per_phase_and_componentwise(tmp_path):
     exp = load_experiment(write_experiment(tmp_path, models=("tiny-a",)))
     by = {(p.workload.batch, p.workload.prompt_len, p.workload.phase): p for p in exp.points}

@@ -117,3 +117,17 @@ def test_buffers_gemma_scale_and_bigcode_mask():
     bigcode = spec_from_dict({"model_type": "gpt_bigcode", "n_embd": 64, "n_layer": 2, "n_head": 4,
                               "n_positions": 128, "vocab_size": 100})
     assert memcal.buffer_bytes(bigcode, Workload()) == 128 * 128
+
+
+def test_a_padded_batch_is_priced_for_flash_and_refused_for_sdpa_and_eager():
+    """flash: the unpadded forward + the int64 mask and its bool copy (9 B per prompt token and row); eager and
+    sdpa build a (batch, 1, q, kv) padding mask the forward programs were not derived with: refused, naming
+    the dry run (tests/test_cuda_flash.py checks the flash price against it)."""
+    w = Workload(batch=3, prompt_len=12, attention="flash")
+    plain, padded = memcal.estimate(spec(), w), memcal.estimate(spec(), w.with_(padding=5))
+    assert padded.activation_bytes - plain.activation_bytes == 9 * 3 * 12
+    assert any(n.startswith("padding: 5 left-pad tokens") for n in padded.notes)
+    for attention in ("sdpa", "eager"):
+        result = estimate(spec(), w.with_(attention=attention, padding=5))
+        assert "memcal" not in result.breakdowns and "--padding" in result.refusals["memcal"]
+        assert "gqa-flash-notebook" in result.breakdowns  # the seeds answer as written (they know no padding)

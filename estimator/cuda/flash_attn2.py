@@ -37,7 +37,8 @@ stride-1 last dim, so ``maybe_contiguous`` copies nothing). In order:
   that layout), which the dry run tells from the query it sees.
 
 With a padding mask (``_upad_input`` -> ``flash_attn_varlen_func`` -> ``pad_input``), see
-`unpad_buffers` for the sizes; memcal's workloads do not run that path (docs/measurement.md).
+`unpad_buffers` for the sizes and `fa2_unpad_events` for their order; a workload with ``padding`` runs
+that path (the CUDA-target dry run: harness/measure/_cuda_target.py; the formula: target.py).
 """
 from __future__ import annotations
 
@@ -152,8 +153,8 @@ def unpad_buffers(call: SdpaCall, nnz_q: int, nnz_k: int, sm_count: int = 108) -
     """The buffers of transformers' padded path (an attention_mask with at least one 0: ``_upad_input`` ->
     ``flash_attn_varlen_func`` -> flash_attn.bert_padding ``pad_input``), in bytes, for a (b, kv_len)
     mask with ``nnz_k`` ones, ``nnz_q`` of them among the last q_len columns (nnz_q = nnz_k for a
-    prefill, b for a decode step). memcal's workloads never take this path; the sizes are documented
-    in docs/measurement.md. Transients (freed inside the call) end in ``_tmp``.
+    prefill, b for a decode step); `fa2_unpad_events` orders them. Transients (freed inside the call) end
+    in ``_tmp``.
 
     * ``_get_unpad_data``: ``mask.sum(-1, dtype=int32)`` (4b, tmp), ``nonzero(mask.flatten())`` int64
       (8 nnz_k; kept), ``.max().item()`` (4 B, tmp), ``cumsum`` int32 (4b, tmp) padded by ``F.pad(.., (1,
@@ -193,6 +194,50 @@ def unpad_buffers(call: SdpaCall, nnz_q: int, nnz_k: int, sm_count: int = 108) -
     return {k: v for k, v in sizes.items() if v}
 
 
+def fa2_unpad_events(call: SdpaCall, nnz_q: int, nnz_k: int, sm_count: int, *, k_copied: bool = True,
+                     v_copied: bool = True) -> list[tuple]:
+    """The alloc/free events of one transformers flash_attention_2 call with a padding mask, in the order
+    Python makes and drops them (`unpad_buffers` has the sizes and the code path): `_get_unpad_data`, the
+    key and value gathered by the mask's indices (each after a reshape copy when its (b, kv_len, kv_h, d)
+    view is not contiguous: ``k_copied``, ``v_copied``; a DynamicCache's keys and values are cat results
+    laid out (b, kv_h, kv_len, d), so copied, from the prompt on), the query gathered (prefill) or
+    ``cu_seqlens_q`` made (decode),
+    ``mha_varlen_fwd`` (head-dim padding copies, out, softmax_lse, rng_state, split-KV accumulators),
+    ``pad_input``'s zeros and index_put, then the unpadded tensors dropped as the function returns. The
+    survivor is ``out_padded``: the (b, q_len, h, d) output."""
+    size = unpad_buffers(call, nnz_q, nnz_k, sm_count)
+    prefill = call.q_len == call.kv_len
+    events: list[tuple] = [("alloc", "seqlens_in_batch_tmp", size["seqlens_in_batch_tmp"]),
+                           ("alloc", "indices_k", size["indices_k"]),
+                           ("alloc", "max_seqlen_tmp", size["max_seqlen_tmp"]), ("free", "max_seqlen_tmp"),
+                           ("alloc", "cumsum_tmp", size["cumsum_tmp"]), ("alloc", "cu_seqlens_k", size["cu_seqlens_k"]),
+                           ("free", "cumsum_tmp"), ("free", "seqlens_in_batch_tmp")]
+    for name, copied in (("k", k_copied), ("v", v_copied)):
+        if copied:
+            events.append(("alloc", f"{name}_reshape_tmp", size[f"{name}_reshape_tmp"]))
+        events.append(("alloc", f"{name}_unpadded", size[f"{name}_unpadded"]))
+        if copied:
+            events.append(("free", f"{name}_reshape_tmp"))
+    kept = ["indices_k", "cu_seqlens_k", "k_unpadded", "v_unpadded"]
+    if prefill:
+        events.append(("alloc", "q_unpadded", size["q_unpadded"]))
+        kept.append("q_unpadded")
+    else:
+        events.append(("alloc", "cu_seqlens_q", size["cu_seqlens_q"]))
+        kept.append("cu_seqlens_q")
+    padded = [n for n in ("q_padded_tmp", "k_padded_tmp", "v_padded_tmp") if n in size]
+    events += [("alloc", n, size[n]) for n in padded]
+    events += [("alloc", "out_varlen", size["out_varlen"]), ("alloc", "softmax_lse_tmp", size["softmax_lse_tmp"])]
+    accum = [n for n in ("softmax_lse_accum_tmp", "out_accum_tmp") if n in size]
+    events += [("alloc", n, size[n]) for n in accum]
+    events.append(("alloc", "rng_state_tmp", size["rng_state_tmp"]))
+    events += [("free", n) for n in reversed(accum)]
+    events += [("free", "softmax_lse_tmp"), ("free", "rng_state_tmp")] + [("free", n) for n in padded]
+    events += [("alloc", "out_padded", size["out_padded"]), ("free", "out_varlen")]
+    events += [("free", n) for n in kept]
+    return events
+
+
 def _f32(x: float) -> float:
     """x rounded to an IEEE float32, as C++ float arithmetic keeps it."""
     return struct.unpack("f", struct.pack("f", x))[0]
@@ -202,5 +247,5 @@ def _ceil_to(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-__all__ = ["MAX_HEAD_DIM", "NAME", "RNG_STATE_BYTES", "fa2_events", "num_splits", "num_splits_heuristic",
+__all__ = ["MAX_HEAD_DIM", "NAME", "RNG_STATE_BYTES", "fa2_events", "fa2_unpad_events", "num_splits", "num_splits_heuristic",
            "packed_check_events", "refusal", "swapped", "unpad_buffers"]

@@ -114,8 +114,14 @@ def cpu_flash_bytes(call: SdpaCall) -> int:
 def attention_events(spec, workload, gpu: GpuProfile, q_len: int, kv_len: int) -> tuple[str, list[tuple]]:
     """(backend, the alloc/free events of one layer's attention call on CUDA): the SDPA backend sdp_utils.cpp
     picks and its buffers (sdpa_buffers.py), or for attention "flash" transformers' flash_attention_2 path
-    without a padding mask (flash_attn2.py; "flash_attention_2")."""
+    (flash_attn2.py; "flash_attention_2"): with the workload's padding, its unpadding path, whose key and
+    value are reshape copies (a dynamic cache's keys and values are cat results, laid out (b, kv_h, kv_len,
+    d), from the prompt on; the CUDA-target dry run reads the layout from the tensors themselves)."""
     call = sdpa_call(spec, workload, q_len, kv_len)
+    if workload.attention == "flash" and workload.padding:
+        nnz_k = workload.batch * kv_len - (workload.batch - 1) * workload.padding
+        return flash_attn2.NAME + " varlen (padding mask)", flash_attn2.fa2_unpad_events(
+            call, nnz_k if q_len == kv_len else workload.batch, nnz_k, gpu.sm_count)
     if workload.attention == "flash":
         return flash_attn2.NAME, flash_attn2.fa2_events(call, gpu.sm_count)
     backend = select_backend(call, SdpaEnv.for_gpu(gpu)).backend
@@ -221,15 +227,22 @@ def _flash_notes(spec, workload, gpu: GpuProfile) -> list[str]:
     """What the flash_attention_2 pricing adds, per layer call, and what flash_attn would refuse."""
     s = workload.prompt_len
     prefill = sdpa_call(spec, workload, s, s)
-    held, _ = events_peak(flash_attn2.fa2_events(prefill, gpu.sm_count))
-    notes = [f"flash_attention_2 (flash_attn's mha_fwd, no padding mask): the prompt's call holds {held:,} B (out, "
-             f"fp32 softmax_lse, rng_state; split-KV accumulators x{flash_attn2.num_splits(prefill, gpu.sm_count)}); "
-             "unpadding buffers with a padding mask are not priced (docs/measurement.md)"]
+    if workload.padding:
+        held, _ = events_peak(attention_events(spec, workload, gpu, s, s)[1])
+        notes = [f"flash_attention_2 with a padding mask ({workload.mask_ones:,} of {workload.batch * s:,} prompt "
+                 f"tokens kept): the prompt's call holds {held:,} B (unpadded q, k, v and indices, flash_attn's "
+                 "varlen out and fp32 softmax_lse, pad_input's zeros)"]
+    else:
+        held, _ = events_peak(flash_attn2.fa2_events(prefill, gpu.sm_count))
+        notes = [f"flash_attention_2 (flash_attn's mha_fwd, no padding mask): the prompt's call holds {held:,} B "
+                 f"(out, fp32 softmax_lse, rng_state; split-KV accumulators "
+                 f"x{flash_attn2.num_splits(prefill, gpu.sm_count)})"]
     if workload.phase == "generate" and workload.new_tokens > 1:  # the last decode step
         decode = sdpa_call(spec, workload, 1, workload.kv_len)
         splits = flash_attn2.num_splits(decode, gpu.sm_count)
+        held = events_peak(attention_events(spec, workload, gpu, 1, workload.kv_len)[1])[0]
         notes.append(f"flash_attention_2 last decode step (q 1, kv {workload.kv_len}): {splits} split(s), holds "
-                     f"{events_peak(flash_attn2.fa2_events(decode, gpu.sm_count))[0]:,} B")
+                     f"{held:,} B")
     reason = flash_attn2.refusal(prefill, gpu.compute_capability)
     if reason:
         notes.append(f"flash_attn would refuse this on {gpu.name}: {reason}")

@@ -254,6 +254,22 @@ def attach_dry_run(spec: ModelSpec, run) -> None:
     object.__setattr__(spec, "_dry_run", run)
 
 
+def padding_bytes(spec: ModelSpec, workload: Workload) -> tuple[int, str]:
+    """(bytes, note) a padded batch adds to its unpadded forward, for flash attention: the int64 mask the
+    inputs carry and its bool copy (masking_utils' _preprocess_mask_arguments), alive through each
+    forward; flash's unpadding buffers are CUDA's (estimator/cuda/flash_attn2.py, priced with --gpu). With
+    eager or sdpa attention transformers builds a (batch, 1, q, kv) padding mask the forward programs were
+    not derived with: refused, with the dry run named."""
+    if workload.attention != "flash":
+        raise MemcalError(f"a padded batch with {workload.attention} attention: memcal's forward programs were "
+                          "derived without a padding mask (transformers then builds a (batch, 1, q, kv) one); "
+                          "measure it: memcal measure MODEL --device dry-run --padding N")
+    rows = workload.batch * workload.prompt_len
+    return (INT64 + 1) * rows, (f"padding: {workload.padding} left-pad tokens in rows 2-{workload.batch}: the "
+                                f"mask and its bool copy (+{(INT64 + 1) * rows:,} B); flash's unpadding buffers "
+                                "are CUDA's (--gpu)")
+
+
 def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
              coefficients: Coefficients = DEFAULT) -> Breakdown:
     traced = spec.__dict__.get("_dry_run") if spec.record is None else None
@@ -267,6 +283,10 @@ def estimate(spec: ModelSpec, workload: Workload, options: Options = Options(),
     else:
         activations, where = activation_bytes(spec, workload, coefficients)
         notes = [f"peak set by: {where}"]
+    if workload.padding and traced is None:
+        term, note = padding_bytes(spec, workload)
+        activations += term
+        notes.append(note)
     if traced is None and program.is_generic(spec):
         what = "no forward program derived for" if spec.record is None or not spec.record.program else \
             "a kind of layer the forward program was not derived for in"

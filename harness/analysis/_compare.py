@@ -34,7 +34,7 @@ from estimator.errors import MemcalError
 from estimator.formulas import FORMULAS, Options, get
 from estimator.spec import ModelSpec, load_spec
 from estimator.workload import Workload
-from harness.sweep import WORKLOAD_COLUMNS, canonical_hash, read_results
+from harness.sweep import WORKLOAD_COLUMNS, WORKLOAD_DEFAULTS, canonical_hash, read_results
 
 from .._common import config_from_json, env_differences, median_repeat, point_label
 
@@ -210,7 +210,8 @@ def point_rows(dataset: Dataset, target: str = "tensor") -> list[dict[str, Any]]
         precision = w["dtype"] if w["weights"] == "none" else f"{w['weights']}/{w['dtype']}"
         rows.append({
             "point_id": r["point_id"], "source": r["source"], "model": r["model"], "family": r["family"],
-            "device": r["device"], **{k: w.get(k) for k in WORKLOAD_COLUMNS}, "precision": precision,
+            "device": r["device"], **{k: w.get(k, WORKLOAD_DEFAULTS.get(k)) for k in WORKLOAD_COLUMNS},
+            "precision": precision,
             "tokens": size_key(r)[0], "attention_kind": spec.attention_kind, "vocab_size": spec.vocab_size,
             "peak_tensor_bytes": r["peak_tensor_bytes"], "peak_op": r.get("peak_op", ""),
             **{f"m_{k}": v for k, v in m.items()}})

@@ -20,7 +20,7 @@ from ._fakemode import FAST_KEY_SUPPORTED, DryRunMode, fast_path
 from ._format import measurement_json, measurement_text
 from ._measure import build_failure, measure, record_status, run_point
 from ._meta import meta_layout
-from ._phases import cache_bytes, make_inputs, run_phase
+from ._phases import cache_bytes, make_inputs, make_mask, run_phase
 from ._probes import CpuProbe, CudaProbe, DryRunProbe, MpsProbe, Probe, Snapshot, get_probe
 from ._protocol import Session, measuring, settle
 from ._tracker import StorageTracker, storages_bytes
@@ -30,7 +30,7 @@ __all__ = ["FAST_KEY_SUPPORTED", "fast_path", "STRATEGIES", "TORCH_DTYPES", "Bui
            "VirtualDevices", "device_placement", "parse_max_memory", "KnownValues", "CpuProbe", "CudaProbe",
            "DryRunMode", "DryRunProbe",
            "MpsProbe", "Probe", "Session", "Snapshot", "StorageTracker", "build_failure", "build_model",
-           "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "measure",
+           "cache_bytes", "capture", "get_probe", "git_info", "make_inputs", "make_mask", "measure",
            "meta_layout", "measurement_json",
            "measurement_text", "measuring", "record_status", "run_phase", "run_point", "settle", "storages_bytes",
            "unsupported_reason", "weight_tensors"]

@@ -149,7 +149,8 @@ def flash_dry_run_reason(spec: ModelSpec, workload: Workload, gpu: Any) -> str |
     if spec.sliding_layers:
         return "flash attention on the dry run: the sliding-window path (flash's window, no SDPA mask) is not emulated"
     if workload.cache == "static":
-        return "flash attention on the dry run: a static cache takes flash's unpadding path, which is not emulated"
+        return ("flash attention on the dry run: a static cache takes flash's unpadding path with keys longer than the "
+                "mask (sliced, the query unpadded by unpad_input), which is not emulated")
     return None
 
 

@@ -33,11 +33,14 @@ from collections import Counter
 from typing import Any, Iterator, Mapping
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import _disable_current_modes
 
 from estimator.cuda import Allocator, GpuProfile, SdpaCall, SdpaEnv, parse_alloc_conf, sdpa_events, select_backend
 from estimator.cuda.flash_attn2 import NAME as FA2
-from estimator.cuda.flash_attn2 import fa2_events
+from estimator.cuda.flash_attn2 import fa2_events, fa2_unpad_events
 from estimator.cuda.workspaces import cublas_workspace_bytes, cublaslt_uses_cublas_workspace, cublaslt_workspace_bytes
+from estimator.errors import MemcalError
 
 from ._tracker import StorageTracker, storage_of
 
@@ -154,8 +157,14 @@ class CudaTargetTracker(StorageTracker):
         if self.flash:  # position_ids: assumed passed (Llama-style) when the call did not go through the hook
             seen = self._attention_kwargs
             backend = FA2 + (" (an SDPA mask traced: flash would not make it)" if seen.get("mask") else "")
-            events = fa2_events(call, self.gpu.sm_count, position_ids=seen.get("position_ids", True),
-                                strided_query=seen.get("strided_query", False))
+            if seen.get("nnz_k"):  # a padding mask: transformers' unpadding path (flash_attn_varlen_func)
+                backend = FA2 + " varlen (padding mask)"
+                nnz_q = seen["nnz_k"] if call.q_len == call.kv_len else call.batch
+                events = fa2_unpad_events(call, nnz_q, seen["nnz_k"], self.gpu.sm_count,
+                                          k_copied=seen["k_copied"], v_copied=seen["v_copied"])
+            else:
+                events = fa2_events(call, self.gpu.sm_count, position_ids=seen.get("position_ids", True),
+                                    strided_query=seen.get("strided_query", False))
         else:
             backend = select_backend(call, SdpaEnv.for_gpu(self.gpu)).backend
             events = sdpa_events(call, backend, self.gpu.sm_count)
@@ -175,33 +184,36 @@ class CudaTargetTracker(StorageTracker):
     @contextlib.contextmanager
     def attention_hook(self) -> Iterator[None]:
         """For attention "flash": wrap transformers' sdpa attention function while the block runs, to see
-        what flash_attention_forward would have been given (position_ids, a mask); else nothing."""
+        what flash_attention_forward would have been given (position_ids, a mask); else nothing. The
+        model's masks are flash's (masking_utils.flash_attention_mask: the 2-D padding mask, or None when
+        it has no zero): a padding mask is read (its value is known to the dry run) for the unpadding
+        path's token counts and not handed to the traced SDPA, which runs causal as flash does."""
         if not self.flash:
             yield
             return
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        local = ALL_ATTENTION_FUNCTIONS._local_mapping
-        had, before = "sdpa" in local, local.get("sdpa")
         sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
 
         def sdpa_seen_as_flash(module, query, key, value, attention_mask, *args, **kwargs):
             q = query.transpose(1, 2)  # what flash_attention_forward hands flash_attn_func
-            self._attention_kwargs = {"position_ids": kwargs.get("position_ids") is not None,
-                                      "mask": attention_mask is not None,
-                                      "strided_query": not q.is_contiguous() and _dense(q)}
+            seen = {"position_ids": kwargs.get("position_ids") is not None, "mask": False,
+                    "strided_query": not q.is_contiguous() and _dense(q)}
+            if attention_mask is not None and attention_mask.dim() == 2:  # flash's padding mask
+                seen.update(nnz_k=_ones(attention_mask), k_copied=not key.transpose(1, 2).is_contiguous(),
+                            v_copied=not value.transpose(1, 2).is_contiguous())
+                attention_mask = None
+            else:
+                seen["mask"] = attention_mask is not None
+            self._attention_kwargs = seen
             try:
                 return sdpa(module, query, key, value, attention_mask, *args, **kwargs)
             finally:
                 self._attention_kwargs = {}
 
-        ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_seen_as_flash
-        try:
+        with _registered(ALL_ATTENTION_FUNCTIONS, "sdpa", sdpa_seen_as_flash), \
+                _registered(ALL_MASK_ATTENTION_FUNCTIONS, "sdpa", flash_attention_mask):
             yield
-        finally:
-            if had:
-                local["sdpa"] = before
-            else:
-                local.pop("sdpa", None)
 
     # --- the replay ------------------------------------------------------------------------------
     def reset_peak(self) -> None:
@@ -245,6 +257,31 @@ class CudaTargetTracker(StorageTracker):
                           fits=all(a.max_reserved_bytes <= fits for a in allocs),
                           usable_bytes=self.gpu.usable_bytes, backends=dict(self.backends),
                           events=len(self.events), per_device=per_device if self.devices is not None else [])
+
+
+@contextlib.contextmanager
+def _registered(interface, name: str, function) -> Iterator[None]:
+    """`function` under `name` in one of transformers' GeneralInterface registries while the block runs."""
+    local = interface._local_mapping
+    had, before = name in local, local.get(name)
+    interface[name] = function
+    try:
+        yield
+    finally:
+        if had:
+            local[name] = before
+        else:
+            local.pop(name, None)
+
+
+def _ones(mask: torch.Tensor) -> int:
+    """The ones in a padding mask: its value, known to the dry run (harness/measure/_values.py) or real."""
+    values = getattr(getattr(mask, "fake_mode", None), "values", None)
+    real = values.known(mask) if values is not None else (None if isinstance(mask, FakeTensor) else mask)
+    if real is None:
+        raise MemcalError("flash attention with a padding mask: the mask's value is not known to the dry run")
+    with _disable_current_modes():
+        return int(real.ne(0).sum())
 
 
 def _dense(t: torch.Tensor) -> bool:

@@ -31,7 +31,7 @@ from ._cuda_target import CudaTargetTracker
 from ._decode import DecodeMismatch
 from ._devices import VirtualDevices, attach_hooks, track_weights
 from ._isolate import call_in_fresh_process, exit_text
-from ._phases import CACHE_NAMES, cache_bytes, make_inputs, run_phase
+from ._phases import CACHE_NAMES, cache_bytes, make_inputs, make_mask, run_phase
 from ._precheck import check_fits
 from ._probes import CudaProbe, Probe, get_probe
 from ._protocol import measuring, settle
@@ -193,14 +193,14 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
     if isinstance(probe, CudaProbe):
         probe.warm_up(TORCH_DTYPES[workload.dtype])
     common = dict(weights_bytes=built.weight_bytes, memory_cap_bytes=memory_cap)
-    input_ids = make_inputs(built, workload)
+    input_ids, mask = make_inputs(built, workload), make_mask(built, workload)
     notes = list(built.notes)
     run = _Run(built, workload, probe, memory_cap, keep_trace, tracker_out, gpu, cuda_env, time_limit_s, progress)
-    status, message, output, session = run(input_ids, extrapolate and not keep_trace)
+    status, message, output, session = run(input_ids, mask, extrapolate and not keep_trace)
     if status == "mismatch":  # an extrapolation disagreed with the trace: measure it in full
         traced = "decoder layer and decode step" if workload.phase == "generate" else "decoder layer"
         notes.append(f"dry-run {workload.phase}: every {traced} traced ({message})")
-        status, message, output, session = run(input_ids, False)
+        status, message, output, session = run(input_ids, mask, False)
     elif output is not None:
         notes.extend(output.notes)
     if status == "oom" and session is None:
@@ -236,7 +236,7 @@ def run_point(built: BuiltModel, workload: Workload, *, memory_cap: int | None =
         placement=built.placement.to_dict() if built.placement is not None else {},
         devices=devices,
         **{k: v for k, v in (session.peaks if session else {}).items() if k != "devices"}, **common, **cuda)
-    del output, input_ids
+    del output, input_ids, mask
     return record
 
 
@@ -254,7 +254,7 @@ class _Run:
         self.tracker: StorageTracker | None = None
         self.split: _Split | None = None
 
-    def __call__(self, input_ids: torch.Tensor, extrapolate: bool):
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor | None, extrapolate: bool):
         built, cap = self.built, self.memory_cap
         kwargs = dict(device_type=torch.device(built.torch_device).type, cap_bytes=cap, keep_trace=self.keep_trace)
         tracker = self.tracker = CudaTargetTracker(self.gpu, self.cuda_env, attention=self.workload.attention,
@@ -263,11 +263,12 @@ class _Run:
         if self.tracker_out is not None:
             self.tracker_out[:] = [tracker]
         split = self.split = _Split(built, tracker) if built.placement is not None else None
+        inputs = [input_ids] + ([mask] if mask is not None else [])
         if split is not None:
-            split.track(input_ids)
+            split.track(inputs)
         else:
             tracker.track(built.tensors(), "weights")
-            tracker.track([input_ids], "inputs")
+            tracker.track(inputs, "inputs")
         if cap is not None and tracker.over_cap():
             return "oom", (f"weights and inputs alone ({tracker.live_bytes:,} bytes) pass the memory cap "
                            f"({cap:,} bytes)"), None, None
@@ -275,7 +276,7 @@ class _Run:
         try:
             hook = tracker.attention_hook() if isinstance(tracker, CudaTargetTracker) else contextlib.nullcontext()
             with measuring(self.probe, tracker) as session, (split or contextlib.nullcontext()), hook:
-                output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate,
+                output = run_phase(built, self.workload, input_ids, extrapolate=extrapolate, attention_mask=mask,
                                    time_limit_s=self.time_limit_s, progress=self.progress)
         except DecodeMismatch as exc:
             return "mismatch", one_line(exc), None, None
@@ -325,7 +326,7 @@ class _Split:
         self.baseline: list[int] = [0] * self.placement.gpus
         self._handles: list = []
 
-    def track(self, input_ids) -> None:
+    def track(self, inputs: list) -> None:
         tracker, placement = self.tracker, self.placement
         if self.virtual:
             tracker.devices = self.devices
@@ -333,11 +334,11 @@ class _Split:
             self.weights = list(self.devices.live)
             with self.devices.forcing(placement.first_device):  # where model.device puts the prompt
                 tracker.track(self.built.tensors(), "weights")  # anything outside the mapped modules
-                tracker.track([input_ids], "inputs")
+                tracker.track(inputs, "inputs")
             self.baseline = list(self.devices.live)
             return
         tracker.track(self.built.tensors(), "weights")
-        tracker.track([input_ids], "inputs")
+        tracker.track(inputs, "inputs")
         for t in self.built.tensors():
             if t.device.type == "cuda":
                 self.weights[t.device.index] += t.untyped_storage().nbytes()

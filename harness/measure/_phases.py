@@ -2,7 +2,10 @@
 
 prefill: ``model(input_ids, use_cache=True, attention_mask=None)``, a plain forward: logits for
 every position, in the compute dtype. ``attention_mask=None`` because there is no padding (and
-under fake tensors transformers would otherwise build a full 4-D mask).
+under fake tensors transformers would otherwise build a full 4-D mask). A workload with ``padding``
+passes its mask (`make_mask`: int64, zeros on the left of every row but the first) to both phases, as
+a tokenizer's padded batch does; its value is known to the dry run, so the masks, positions and
+unpadding indices transformers derives from it are the real ones.
 
 generate: ``model.generate(input_ids, max_new_tokens=N, min_new_tokens=N, do_sample=False,
 use_cache=True)``, the cache implementation of the workload, peak over the whole call.
@@ -39,7 +42,7 @@ from ._layers import LayerExtrapolator
 from ._tracker import StorageTracker, storages_bytes
 from ._values import KnownValues
 
-__all__ = ["make_inputs", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput", "CACHE_NAMES"]
+__all__ = ["make_inputs", "make_mask", "run_phase", "cache_bytes", "ScalarOracle", "PhaseOutput", "CACHE_NAMES"]
 
 # Bool reductions whose answer is known for a well-formed unpadded prompt: "is every mask entry 1?"
 _TRUE_WHEN_WELL_FORMED = {"all"}
@@ -78,6 +81,30 @@ def make_inputs(built: BuiltModel, workload: Workload, seed: int = 0) -> torch.T
     for tok in special:
         ids[ids == tok] = safe
     return ids.to(built.torch_device)
+
+
+def padding_mask(workload: Workload) -> torch.Tensor | None:
+    """The workload's attention mask as a real CPU tensor (batch x prompt_len, int64), or None without padding:
+    ``padding`` zeros on the left of every row but the first."""
+    if not workload.padding:
+        return None
+    mask = torch.ones((workload.batch, workload.prompt_len), dtype=torch.long)
+    mask[1:, :workload.padding] = 0
+    return mask
+
+
+def make_mask(built: BuiltModel, workload: Workload) -> torch.Tensor | None:
+    """The prompt's attention mask on the model's device (None without padding). In a dry run a fake
+    tensor whose real value `dry_run_context` makes known."""
+    real = padding_mask(workload)
+    if real is None:
+        return None
+    if built.fake_mode is not None:
+        with built.fake_mode:
+            fake = torch.ones(tuple(real.shape), dtype=torch.long, device=built.torch_device)
+        fake._memcal_mask = real
+        return fake
+    return real.to(built.torch_device)
 
 
 def _ordinary_id(model) -> int:
@@ -170,17 +197,21 @@ def _quiet_transformers():
 
 def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tensor,
                     extrapolator: DecodeExtrapolator | None = None,
-                    deadline: float | None = None, layers: LayerExtrapolator | None = None
-                    ) -> contextlib.AbstractContextManager:
+                    deadline: float | None = None, layers: LayerExtrapolator | None = None,
+                    attention_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
     """Entered inside the fake mode, for a dry run: the values known from shapes (harness/measure/_values.py)
     and, for generate, the stop check and the well-formed answers. A known value wins over an answer.
     The prompt is known as a well-formed one: no special token in it (the ids are one ordinary token,
     which only masks and sanity checks read; the embeddings of fake weights stay unknown)."""
     stack = contextlib.ExitStack()
     follow = getattr(built.fake_mode, "follow", None)  # a DryRunMode (benchmarks also run the stock mode)
-    values = KnownValues({input_ids: _ordinary_id(built.model)}) if follow is not None else None
+    known = {input_ids: _ordinary_id(built.model)}
+    if attention_mask is not None and getattr(attention_mask, "_memcal_mask", None) is not None:
+        known[attention_mask] = attention_mask._memcal_mask  # a padded prompt's mask (make_mask)
+    values = KnownValues(known) if follow is not None else None
     if values is not None:
         stack.enter_context(follow(values))
+        stack.enter_context(_known_is_not_traced(values))
     if layers is not None:
         stack.enter_context(layers.watching())
     if built.fake_mode is not None and workload.phase == "generate":
@@ -190,6 +221,32 @@ def dry_run_context(built: BuiltModel, workload: Workload, input_ids: torch.Tens
         oracle = ScalarOracle(values)
         stack.enter_context(built.fake_mode.answering(oracle) if values is not None else oracle)
     return stack
+
+
+@contextlib.contextmanager
+def _known_is_not_traced(values: KnownValues):
+    """transformers' ``is_tracing(t)`` says True for any fake tensor, and then skips the checks a real run
+    makes (``padding_mask.all()``: may the mask be dropped?). A fake tensor whose value the dry run knows
+    is read as the real run reads it: not traced. Patched where transformers' modules hold the function."""
+    import sys
+
+    from transformers.utils import import_utils
+    original = import_utils.is_tracing
+
+    def is_tracing(tensor=None) -> bool:
+        if tensor is not None and values.known(tensor) is not None:
+            return original()
+        return original(tensor)
+
+    holders = [m for name, m in list(sys.modules.items())
+               if name.startswith("transformers") and getattr(m, "is_tracing", None) is original]
+    for module in holders:
+        module.is_tracing = is_tracing
+    try:
+        yield
+    finally:
+        for module in holders:
+            module.is_tracing = original
 
 
 # The name under which transformers passes the cache to a forward and returns it: `past_key_values` up
@@ -254,7 +311,8 @@ def _notes(*notes: str | None) -> tuple[str, ...]:
 
 
 def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor, extrapolate: bool = True, *,
-              time_limit_s: float | None = None, progress: Callable[[int], None] | None = None) -> PhaseOutput:
+              time_limit_s: float | None = None, progress: Callable[[int], None] | None = None,
+              attention_mask: torch.Tensor | None = None) -> PhaseOutput:
     """Run the workload's phase; call inside the measurement protocol.
 
     A dry-run generate computes the periodic decode steps in closed form, and a dry run the decoder
@@ -263,14 +321,14 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor, ex
     template; the caller then runs the full trace). ``time_limit_s`` bounds a generate: it stops
     (transformers' ``max_time``; in a dry run the stop check) and `PhaseOutput.output_len` falls short
     of the workload's length, which the record says. ``progress(forwards)`` is called once per forward
-    of a generate (one per token after the prefill).
+    of a generate (one per token after the prefill). ``attention_mask``: a padded prompt's (`make_mask`).
     """
     model = built.model
     layers = _layer_extrapolator(built) if extrapolate and built.fake_mode is not None else None
     with torch.no_grad(), _quiet_transformers():
         if workload.phase == "prefill":
-            with dry_run_context(built, workload, input_ids, layers=layers):
-                out = model(input_ids=input_ids, attention_mask=None, use_cache=True)
+            with dry_run_context(built, workload, input_ids, layers=layers, attention_mask=attention_mask):
+                out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
             cache = _cache_of(out)
             del out  # the logits were live at the peak; the cache lives on in `cache`
             return PhaseOutput(cache, input_ids.shape[1], _notes(layers and layers.note("prefill")))
@@ -281,13 +339,15 @@ def run_phase(built: BuiltModel, workload: Workload, input_ids: torch.Tensor, ex
         handle = model.register_forward_pre_hook(catcher, with_kwargs=True)
         extrapolator = _extrapolator(built, workload) if extrapolate else None
         deadline = time.monotonic() + time_limit_s if time_limit_s else None
-        limit = {"max_time": float(time_limit_s)} if time_limit_s and built.fake_mode is None else {}
+        extra = {"max_time": float(time_limit_s)} if time_limit_s and built.fake_mode is None else {}
+        if attention_mask is not None:
+            extra["attention_mask"] = attention_mask
         try:
-            with dry_run_context(built, workload, input_ids, extrapolator, deadline, layers):
+            with dry_run_context(built, workload, input_ids, extrapolator, deadline, layers, attention_mask):
                 sequences = model.generate(
                     input_ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens,
                     do_sample=False, cache_implementation=workload.cache, num_beams=1,
-                    use_cache=True, **limit)  # use_cache: some config.json files keep a training-time false
+                    use_cache=True, **extra)  # use_cache: some config.json files keep a training-time false
         finally:
             handle.remove()
         notes = _notes(extrapolator and extrapolator.note(), layers and layers.note("generate"))

@@ -63,12 +63,14 @@ class KnownValues:
     the tensor it wrote, which leaves its other views unknown: never a stale value).
     """
 
-    def __init__(self, filled: Mapping[torch.Tensor, int | float] | None = None) -> None:
-        """`filled`: fake tensors made before that are known to hold one value everywhere."""
+    def __init__(self, filled: Mapping[torch.Tensor, int | float | torch.Tensor] | None = None) -> None:
+        """`filled`: fake tensors made before that are known to hold one value everywhere, or the real
+        tensor they stand for (a padded prompt's attention mask)."""
         self.writes: dict[int, int] = {}
         for fake, number in (filled or {}).items():
             with _disable_current_modes():  # a real tensor, not counted by a tracker
-                value = torch.full(tuple(fake.shape), number, dtype=fake.dtype)
+                value = number if isinstance(number, torch.Tensor) else \
+                    torch.full(tuple(fake.shape), number, dtype=fake.dtype)
             fake.__dict__[_ATTR] = (value, _storage(fake), 0)
 
     def known(self, t) -> torch.Tensor | None:

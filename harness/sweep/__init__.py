@@ -16,6 +16,7 @@ from ._results import (
                        POINT_STATUSES,
                        RESULTS_SCHEMA_VERSION,
                        WORKLOAD_COLUMNS,
+                       WORKLOAD_DEFAULTS,
                        ResultsFile,
                        ResultsWriter,
                        load_results,
@@ -26,7 +27,8 @@ from ._results import (
 )
 from ._runner import SweepSummary, run_sweep
 
-__all__ = ["POINT_STATUSES", "RESULTS_SCHEMA_VERSION", "WORKLOAD_COLUMNS", "Experiment", "ExperimentError", "Point",
+__all__ = ["POINT_STATUSES", "RESULTS_SCHEMA_VERSION", "WORKLOAD_COLUMNS", "WORKLOAD_DEFAULTS",
+           "Experiment", "ExperimentError", "Point",
            "ResultsFile", "ResultsWriter", "SweepSummary", "canonical_hash", "default_machine", "default_out",
            "load_experiment", "load_results", "lock_holder", "merge_results", "parse_shard", "read_results",
            "repair_tail", "run_sweep", "shard_groups"]

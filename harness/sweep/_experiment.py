@@ -48,7 +48,7 @@ from .._record import DEVICES
 
 __all__ = ["Experiment", "ExperimentError", "Point", "load_experiment", "canonical_hash"]
 
-# key -> (kind, default); kinds: str, int, number, size, list[str], list[int], list[bool]
+# key -> (kind, default); kinds: str, int (> 0), count (>= 0), number, size, list[...] of them, list[bool]
 _EXPERIMENT_KEYS: dict[str, tuple[str, Any]] = {
     "name": ("str", None), "description": ("str", ""), "device": ("str", None),
     "repeats": ("int", 1), "timeout_s": ("number", 600), "memory_cap": ("size", None),
@@ -59,8 +59,11 @@ _GRID_KEYS: dict[str, tuple[str, Any]] = {
     "double_quant": ("list[bool]", [False]), "batch_sizes": ("list[int]", None),
     "prompt_lengths": ("list[int]", None), "new_tokens": ("list[int]", []),
     "phases": ("list[str]", ["prefill"]), "attention": ("list[str]", ["sdpa"]),
-    "cache": ("list[str]", ["dynamic"]),
+    "cache": ("list[str]", ["dynamic"]), "padding": ("list[count]", [0]),
 }
+# Workload fields added after datasets were committed, with their defaults: left out of a point's id at
+# the default, so that the ids of every earlier point stay what they were.
+_ADDED_DEFAULTS = {("padding", 0)}
 
 
 class ExperimentError(MemcalError):
@@ -181,6 +184,8 @@ def _check_value(kind: str, value: Any, path: str, key: str) -> Any:
         raise _fail(path, key, f"must be true or false, got {value!r}")
     if kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise _fail(path, key, f"must be a positive integer, got {value!r}")
+    if kind == "count" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise _fail(path, key, f"must be an integer >= 0, got {value!r}")
     if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
         raise _fail(path, key, f"must be a positive number, got {value!r}")
     if kind == "size":
@@ -239,7 +244,7 @@ def _resolve_model(ref: str, base: Path, path: str, key: str) -> tuple[str, dict
 
 def _point(model: str, config: Mapping, config_hash: str, family: str, device: str, workload: Workload,
            repeat: int) -> Point:
-    wl = dataclasses.asdict(workload)
+    wl = {k: v for k, v in dataclasses.asdict(workload).items() if (k, v) not in _ADDED_DEFAULTS}
     point_id = canonical_hash({"model": model, "config": config_hash, "device": device, "workload": wl})
     build = {k: wl[k] for k in ("dtype", "weights", "double_quant", "attention")}
     group_id = canonical_hash({"model": model, "config": config_hash, "device": device, **build}, 12)
@@ -274,13 +279,16 @@ def _expand(grid: dict[str, Any], index: int, base: Path, path: str, device: str
                              grid["cache"], grid["phases"])
     for dtype, weights, dq, attention, cache, phase in axes:
         tokens = grid["new_tokens"] if phase == "generate" else [0]
-        for new, batch, prompt in itertools.product(tokens, grid["batch_sizes"], grid["prompt_lengths"]):
+        for new, batch, prompt, pad in itertools.product(tokens, grid["batch_sizes"], grid["prompt_lengths"],
+                                                         grid["padding"]):
+            if pad and batch < 2:
+                continue  # padding pads the rows after the first: a batch of one has none
             try:
                 workload = Workload(batch=batch, prompt_len=prompt, new_tokens=new, dtype=dtype, weights=weights,
-                                    attention=attention, phase=phase, cache=cache, double_quant=dq)
+                                    attention=attention, phase=phase, cache=cache, double_quant=dq, padding=pad)
             except MemcalError as exc:
                 raise _fail(path, where, f"{exc} (dtype {dtype}, weights {weights}, phase {phase}, "
-                                         f"new tokens {new}, double_quant {dq})") from None
+                                         f"new tokens {new}, double_quant {dq}, padding {pad})") from None
             for model, config, chash, family in models:
                 for r in range(repeats):
                     out.append(_point(model, config, chash, family, device, workload, r))

@@ -42,15 +42,17 @@ from estimator.errors import MemcalError
 from .._common import config_to_json, env_differences
 from .._record import BYTE_FIELDS, SCHEMA_VERSION, STATUSES, peak_bytes
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "POINT_STATUSES", "WORKLOAD_COLUMNS", "ResultsFile", "ResultsWriter",
-           "read_results", "load_results", "merge_results", "repair_tail", "lock_holder", "migrate_header"]
+__all__ = ["RESULTS_SCHEMA_VERSION", "POINT_STATUSES", "WORKLOAD_COLUMNS", "WORKLOAD_DEFAULTS", "ResultsFile",
+           "ResultsWriter", "read_results", "load_results", "merge_results", "repair_tail", "lock_holder",
+           "migrate_header"]
 
 RESULTS_SCHEMA_VERSION = 2
 # The sweep's own outcomes, on top of what a measurement can say about itself.
 SWEEP_STATUSES = ("skipped", "crashed", "timeout")
 POINT_STATUSES = tuple(dict.fromkeys(STATUSES + SWEEP_STATUSES))
 WORKLOAD_COLUMNS = ("batch", "prompt_len", "new_tokens", "dtype", "weights", "kv_dtype", "attention", "phase",
-                    "cache", "double_quant")
+                    "cache", "double_quant", "padding")
+WORKLOAD_DEFAULTS = {"padding": 0}  # a column added later: what records written before it mean
 
 
 @dataclass
@@ -292,7 +294,7 @@ def _fsync_dir(path: Path) -> None:
 def _row(record: Mapping[str, Any]) -> dict[str, Any]:
     row = {k: v for k, v in record.items() if k not in ("type", "workload")}
     workload = record.get("workload") or {}
-    row.update({k: workload.get(k) for k in WORKLOAD_COLUMNS})
+    row.update({k: workload.get(k, WORKLOAD_DEFAULTS.get(k)) for k in WORKLOAD_COLUMNS})
     row["notes"] = tuple(record.get("notes") or ())
     row["peak_bytes"] = peak_bytes(record)  # the most complete peak the device measured
     return row

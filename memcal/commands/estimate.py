@@ -33,6 +33,9 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
                    help="prefill, generate (default: generate if --new-tokens), or load (with --gpu: from_pretrained "
                         "to the GPU only)")
     p.add_argument("--cache", default="dynamic", help="KV cache implementation: dynamic or static")
+    p.add_argument("--padding", type=int, default=0, metavar="N",
+                   help="left-pad tokens in every row but the first (prompts N tokens shorter than the longest): "
+                        "the inputs carry an attention mask; flash attention takes its unpadding path")
 
 
 def workload_from_args(args: argparse.Namespace, spec=None) -> Workload:
@@ -43,7 +46,8 @@ def workload_from_args(args: argparse.Namespace, spec=None) -> Workload:
                     prompt_len=512 if args.seq is None else args.seq, new_tokens=args.new_tokens,
                     dtype=args.dtype or "bf16", weights=args.weights or "none", kv_dtype=args.kv_dtype,
                     attention=args.attention or (spec.default_attention if spec is not None else "sdpa"),
-                    phase=args.phase, cache=args.cache, double_quant=args.double_quant)
+                    phase=args.phase, cache=args.cache, double_quant=args.double_quant,
+                    padding=getattr(args, "padding", 0))
 
 
 def register(p: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ def register(p: argparse.ArgumentParser) -> None:
 def _workload_fields(args: argparse.Namespace) -> dict:
     fields = dict(new_tokens=args.new_tokens, dtype=args.dtype or "bf16", weights=args.weights or "none",
                   kv_dtype=args.kv_dtype, attention=args.attention or "sdpa", phase=args.phase, cache=args.cache,
-                  double_quant=args.double_quant)
+                  double_quant=args.double_quant, padding=args.padding)
     return fields
 
 
