@@ -636,6 +636,15 @@ def select_configs(family: str, n: int, where: str | None = None) -> list[dict]:
                     candidates = [item for item in pool if kind in item[3] and item[2][n] == value]
                     if candidates:
                         take(candidates)
+    # each value of each of the record's program_flags with each KV layout, where the pool has it: a
+    # switch seen only with one layout fits the layout's coincidences (falcon's new decoder seen only
+    # with GQA sized its MHA attention scores by one head)
+    for flag, value in sorted({f for item in pool for f in item[2][2]}):
+        for layout in ("mha", "gqa", "mqa"):
+            if not any((flag, value) in c[2][2] and c[2][0] == layout for c in chosen):
+                candidates = [item for item in pool if (flag, value) in item[2][2] and item[2][0] == layout]
+                if candidates:
+                    take(candidates)
     return [c[0] for c in chosen]
 
 
@@ -655,7 +664,9 @@ def main() -> None:
     p.add_argument("--write", action="store_true")
     p.add_argument("--quick", action="store_true", help="bf16/sdpa only (debugging)")
     p.add_argument("--save", help="also pickle the observations to this file (to re-fit them with --load)")
-    p.add_argument("--load", help="fit the observations pickled by --save instead of tracing")
+    p.add_argument("--load", nargs="+", help="fit the observations pickled by --save instead of tracing (several "
+                                             "files: their observations together, e.g. configs of a missing variant "
+                                             "traced with --where)")
     p.add_argument("--where", help="only configs whose dims satisfy this expression (a switch whose steps a "
                                    "program cannot say, e.g. a loop over heads, left out and written by hand)")
     a = p.parse_args()
@@ -664,7 +675,13 @@ def main() -> None:
     FLAGS = FLAGS + tuple(k for k in (record.program_flags if record else ()) if k not in FLAGS)
     if a.load:
         import pickle
-        observations, variables = pickle.loads(Path(a.load).read_bytes())
+        observations, variables = pickle.loads(Path(a.load[0]).read_bytes())
+        for more in a.load[1:]:
+            extra, _ = pickle.loads(Path(more).read_bytes())
+            offset = len(observations["prologue"])  # forward ids: unique across the files
+            for part, items in extra.items():
+                observations.setdefault(part, []).extend(
+                    Observation(o.tokens, o.scope, o.flags, o.forward_id + offset) for o in items)
         program, problems = build_program(observations, variables)
         for problem in problems:
             print("PROBLEM", problem, file=sys.stderr)
