@@ -35,7 +35,7 @@ GENERIC_MEDIAN_LIMIT, GENERIC_MAX_LIMIT = 0.10, 0.35
 # architecture issue stays open for them (docs/formulas.md, "Accuracy per family").
 MEASURED_LIMITS = {
     # derived programs whose shapes or conditions miss some configs
-    "cohere2": (0.0005, 0.06), "falcon": (0.016, 0.35),
+    "falcon": (0.016, 0.35),
     # derived where no sliding window, the generic program on sliding layers
     "phi3": (0.05, 0.20),
     # the generic decoder program on architectures it does not describe
