@@ -706,8 +706,9 @@ def main() -> None:
                                           prompts))
             if spec.sliding_layers and spec.sliding_window - 5 - n >= 2:
                 runs += [(("generate", cache), spec.sliding_window - 5 - n) for cache in ("dynamic", "static")]
-            if "chunk" in spec.scope:  # a chunked kernel: a prompt of two chunks, too (its loop runs twice)
-                runs.append((("prefill", "dynamic"), prompt + spec.scope["chunk"]))
+            if "chunk" in spec.scope:  # a chunked kernel: a prompt of two to four chunks, too (its loop runs
+                # that often; chunks varies across configs, so that it cannot stand for a dim that is 2)
+                runs.append((("prefill", "dynamic"), prompt + spec.scope["chunk"] * (1 + n % 3)))
             for (phase, cache), length in runs:
                 w = Workload(batch=batch, prompt_len=length, new_tokens=3 + n if phase == "generate" else 0,
                              dtype=dtype, attention=attention, cache=cache)
@@ -857,6 +858,9 @@ def _shapes(m: Merged, obs: list[Observation], variables: list[str], part: str, 
     # the dimensions one expression fits everywhere keep it; only the others are fitted per group (so
     # that a group's few configs cannot replace a general dimension with their coincidences)
     common = [fit(dim_points, variables)[0] for dim_points in points(everyone)]
+    split = _split_by_few_flags(m, obs, everyone, points, common, variables)
+    if split is not None:
+        return _same_elements(split, m, obs)
     shaped: dict[str, set] = defaultdict(set)
     for members in groups.values():
         dims, notes = _fit_shape([p for p, c in zip(points(members), common) if c is None], variables)
@@ -872,7 +876,75 @@ def _shapes(m: Merged, obs: list[Observation], variables: list[str], part: str, 
             problems.append(f"{part}: no expression for {m.sig} under {dict(obs[min(members)].flags)}: {values}")
             dims = [str(v) for v in values[0]]
         shaped[text(dims)] |= members
-    return list(shaped.items())
+    return _same_elements(list(shaped.items()), m, obs)
+
+
+def _config_of(scope: dict) -> tuple:
+    """A config's identity among the observations: its dims (not the forward's variables)."""
+    return tuple(sorted((k, v) for k, v in scope.items() if k not in _FORWARD_VARIABLES))
+
+
+_FORWARD_VARIABLES = {"b", "t", "ctx", "n_logits", "rows", "chunks", "sw_ctx", "sw_kept", "sw_past", "e", "kvb", "i"}
+
+
+def _split_by_few_flags(m: Merged, obs, everyone: set, points, common: list, variables: list[str]):
+    """The observations split by the values of one flag, each side fitted by one shape,
+    where every side holds at least two configs: [(shape text, observation indices)], or None. A
+    dimension shaped differently under one switch (decode) is then fitted over every config on each
+    side, instead of per group of all the flags, where a group of one config fits its coincidences
+    (heads for mamba_heads where the two are equal in that config)."""
+    def text(dims):
+        return ", ".join(dims) + ("," if len(dims) == 1 else "")
+    best, best_support = None, 1
+    for n in (1,):  # one flag (pairs cost minutes of fitting per family)
+        for names in itertools.combinations(FLAGS, n):
+            groups: dict[tuple, set] = defaultdict(set)
+            for o in everyone:
+                groups[tuple(obs[o].flags.get(f) for f in names)].add(o)
+            if len(groups) < 2:
+                continue
+            support = min(len({_config_of(obs[o].scope) for o in members}) for members in groups.values())
+            if support <= best_support:
+                continue
+            shaped: dict[str, set] = defaultdict(set)
+            for members in groups.values():
+                dims, _ = _fit_shape(points(members), variables)
+                if dims is None:
+                    break
+                # a dimension one expression fits everywhere keeps it unless this side's is simpler (the
+                # max(t, heads) that holds both where t is 1 and where it exceeds the heads)
+                dims = [c if c is not None and _complexity(c) <= _complexity(d) else d for c, d in zip(common, dims)]
+                shaped[text(dims)] |= members
+            else:
+                best, best_support = list(shaped.items()), support
+        if best is not None:
+            return best
+    return None
+
+
+def _same_elements(shaped: list[tuple[str, set]], m: Merged, obs) -> list[tuple[str, set]]:
+    """One shape for every observation where the alternatives differ only in how their elements are
+    arranged (a kernel's clone laid out otherwise when a dim is 1): the first alternative (of the most
+    observations) whose element count matches every observation's. Memory is the element count."""
+    if len(shaped) < 2:
+        return shaped
+    everyone = set().union(*(members for _, members in shaped))
+    seen = {o: t for o, t, _ in m.seen}
+    for shape, _ in sorted(shaped, key=lambda item: -len(item[1])):
+        dims = program._split_shape(shape)
+        try:
+            if all(_product(evaluate(d, obs[o].scope) for d in dims) == _product(seen[o].shape) for o in everyone):
+                return [(shape, everyone)]
+        except Exception:
+            continue
+    return shaped
+
+
+def _product(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
 
 
 def _alloc_line(m: Merged, prefix: str, shape: str, counter: Counter, ids: dict, obs, part, pro_ids, members) -> str:
