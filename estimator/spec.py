@@ -183,8 +183,11 @@ def _namespace(record: families.FamilyRecord | None, config: Mapping[str, Any]) 
     """The config as its class reads it: class defaults, then config.json, aliases resolved."""
     if record is None:
         return _Lenient(config)
-    scope = {key: None for expr in record.dims.values() if isinstance(expr, str) for key in names(expr)}
-    scope.update(record.defaults())  # keys the dims read may be absent (None) until a formula needs them
+    # keys the dims and the formula's terms read may be absent (None) until a formula needs them: e.g. a
+    # PhimoeConfig has no original_max_position_embeddings unless config.json sets it (transformers' hasattr)
+    read = [*record.dims.values(), *record.activations.values()]
+    scope = {key: None for expr in read if isinstance(expr, str) for key in names(expr)}
+    scope.update(record.defaults())
     scope.update(config)
     for alias, key in record.attribute_map.items():
         if alias in config and key not in config:
