@@ -34,7 +34,6 @@ GENERIC_MEDIAN_LIMIT, GENERIC_MAX_LIMIT = 0.10, 0.35
 # 2026-12-01 (transformers 5.23, torch 2.13), rounded up. A regression guard, not the target: the
 # architecture issue stays open for them (docs/formulas.md, "Accuracy per family").
 MEASURED_LIMITS = {
-    # derived programs whose shapes or conditions miss some configs
     # the generic decoder program on architectures it does not describe
     "deepseek_v3": (0.001, 0.50), "llama4_text": (0.11, 0.53),
     "qwen3_5_moe_text": (0.012, 0.70), "qwen3_next": (0.03, 0.68),
