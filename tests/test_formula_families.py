@@ -40,10 +40,9 @@ MEASURED_LIMITS = {
     "phi3": (0.05, 0.20),
     # the generic decoder program on architectures it does not describe
     "deepseek_v3": (0.001, 0.50), "gpt_oss": (0.12, 0.25), "llama4_text": (0.11, 0.53),
-    "qwen3_next": (0.03, 0.68),
     # derived (chunked gated delta-net), with shapes and conditions that hold on the derivation's
     # configs only (docs/formulas.md)
-    "qwen3_5_moe_text": (0.0005, 0.29),
+    "qwen3_5_moe_text": (0.0005, 0.29), "qwen3_next": (0.0005, 0.043),
 }
 COMBOS = [(dtype, attention) for dtype in ("fp32", "bf16") for attention in ("eager", "sdpa")]
 
