@@ -39,7 +39,7 @@ MEASURED_LIMITS = {
     # derived where no sliding window, the generic program on sliding layers
     "phi3": (0.05, 0.20),
     # the generic decoder program on architectures it does not describe
-    "deepseek_v3": (0.001, 0.50), "gpt_oss": (0.12, 0.25), "llama4_text": (0.11, 0.53),
+    "gpt_oss": (0.12, 0.25), "llama4_text": (0.11, 0.53),
     "qwen3_5_moe_text": (0.012, 0.70), "qwen3_next": (0.03, 0.68),
     # derived (chunked linear attention, Mamba-2), with shapes and conditions that hold on the
     # derivation's configs only (docs/formulas.md)
