@@ -40,7 +40,7 @@ from typing import Any, Mapping
 from .errors import MemcalError
 from .expr import ExprError, evaluate, names
 
-DTYPES = {"f32": 4, "i64": 8, "i32": 4, "bool": 1, "f16": 2, "bf16": 2, "u8": 1, "i8": 1}
+DTYPES = {"f32": 4, "i64": 8, "i32": 4, "bool": 1, "f16": 2, "bf16": 2, "u8": 1, "i8": 1, "c64": 8}
 _ALLOC = re.compile(r"^\+(?P<id>[\w.]+)\s+(?P<op>\S+)\s+\((?P<shape>.*)\)\s+(?P<dtype>\w+)$")
 _RELEASE = re.compile(r"^~\s*\((?P<shape>.*)\)\s+(?P<dtype>\w+)$")
 
@@ -199,17 +199,35 @@ def flags(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, bool]:
     e = w.dtype_bytes
     widths = [v for k, v in spec.scope.items() if (k in ("hidden", "inter") or "inter" in k or k == "expert_in")
               and isinstance(v, int) and not isinstance(v, bool)]
-    sliding = bool(spec.sliding_layers)
+    win = attention_window(spec)
+    sliding = win is not None
     return {**record_flags(spec), "half": w.dtype != "fp32", "eager": w.attention == "eager", "sdpa": w.attention == "sdpa",
             "generate": w.phase == "generate", "decode": decode,
             "static": w.cache == "static" and w.phase == "generate",
             "gqa": spec.num_kv_heads < spec.num_heads, "mqa": spec.num_kv_heads == 1 < spec.num_heads,
             "sliding": sliding, "full_layers": "full_attention" in spec.layer_types,
-            "past_window": sliding and ctx >= spec.sliding_window,
-            "beyond_window": sliding and ctx > spec.sliding_window,
-            "long_prompt": sliding and tokens >= spec.sliding_window,
+            "past_window": sliding and ctx >= win,
+            "beyond_window": sliding and ctx > win,
+            "long_prompt": sliding and tokens >= win,
             "aligned": not spec.is_moe or all(v * e % ALIGNMENT_BYTES == 0 for v in widths),
             "multi_chunk": tokens > _chunk(spec)}
+
+
+def attention_window(spec) -> int | None:
+    """The window of the model's window-limited attention layers, or None where it has none: the sliding
+    window of its sliding-attention layers, else that of its other layers whose cache record is of kind
+    ``sliding`` (chunked attention, llama4_text: a DynamicSlidingWindowLayer / StaticSlidingWindowLayer
+    keeps the chunk as its window)."""
+    if spec.sliding_layers:
+        return spec.sliding_window
+    cached = spec.__dict__.get("_program_window", False)
+    if cached is False:
+        from .kv import layer_caches
+        windows = [c.window for c in layer_caches(spec) if c.kind == "sliding" and c.window] \
+            if spec.record is not None and any(t != "full_attention" for t in spec.layer_types) else []
+        cached = min(windows) if windows else None
+        object.__setattr__(spec, "_program_window", cached)
+    return cached
 
 
 def _chunk(spec) -> int | float:
@@ -253,7 +271,7 @@ def window_lengths(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, in
       old cache it frees): the last torch.cat's, the whole prompt after the prompt's forward, then
       min(past, window); 0 before the prompt.
     """
-    window = spec.sliding_window if spec.sliding_layers else None
+    window = attention_window(spec)
     past_storage = 0 if not decode else w.prompt_len if ctx - tokens == w.prompt_len else None
     if not window:
         return {"sw_ctx": ctx, "sw_kept": ctx, "sw_past": ctx - tokens if past_storage is None else past_storage}

@@ -34,8 +34,8 @@ GENERIC_MEDIAN_LIMIT, GENERIC_MAX_LIMIT = 0.10, 0.35
 # 2026-12-01 (transformers 5.23, torch 2.13), rounded up. A regression guard, not the target: the
 # architecture issue stays open for them (docs/formulas.md, "Accuracy per family").
 MEASURED_LIMITS = {
-    # the generic decoder program on architectures it does not describe
-    "deepseek_v3": (0.001, 0.50), "llama4_text": (0.11, 0.53),
+    # derived programs whose shapes or conditions miss some configs
+    "llama4_text": (0.0005, 0.11),  # eager MQA NoPE chunked layers: clones sized by coincidences
     # derived (chunked gated delta-net), with shapes and conditions that hold on the derivation's
     # configs only (docs/formulas.md)
     "qwen3_5_moe_text": (0.0005, 0.29), "qwen3_next": (0.0005, 0.043),

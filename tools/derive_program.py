@@ -32,11 +32,12 @@ import torch  # noqa: E402
 
 from estimator import Workload, families, program  # noqa: E402
 from estimator.expr import evaluate  # noqa: E402
+from estimator.program import attention_window  # noqa: E402
 from estimator.spec import spec_from_dict  # noqa: E402
 from harness.measure import StorageTracker, build_model, run_point  # noqa: E402
 
 DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int64: "i64",
-               torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8", torch.int8: "i8"}
+               torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8", torch.int8: "i8", torch.complex64: "c64"}
 COMPUTE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FLAGS = ("half", "eager", "generate", "decode", "static", "gqa", "mqa", "sliding", "full_layers", "past_window",
          "beyond_window", "long_prompt", "aligned", "multi_chunk")
@@ -547,6 +548,18 @@ def variables_of(spec) -> list[str]:
     return ["b", "t", "ctx", "n_logits", "rows", *extra, *dims, "sw_ctx", "sw_kept", "sw_past"]
 
 
+def variables_of_all(configs: list[dict]) -> list[str]:
+    """`variables_of` over every config: a dim that is None in the first one (DeepSeek's q_lora_rank)
+    is still a variable where the others have it."""
+    out: list[str] = []
+    for config in configs:
+        for v in variables_of(spec_from_dict(config)):
+            if v not in out:
+                out.insert(out.index("sw_ctx") if v not in ("sw_ctx", "sw_kept", "sw_past") and "sw_ctx" in out
+                           else len(out), v)
+    return out
+
+
 def flag_dims(spec) -> tuple[str, ...]:
     return tuple(k for k in spec.record.dims if k.startswith("is_") and isinstance(spec.scope.get(k), bool))
 
@@ -654,7 +667,7 @@ def workload_sizes(spec, n: int) -> tuple[int, int]:
     rotate = lambda values: values[n % len(values):] + values[:n % len(values)]  # noqa: E731
     batch = next(p for p in rotate([3, 5, 2, 7, 11, 13]) if p not in taken)
     prompt = next(p for p in rotate([13, 17, 19, 23, 29, 31, 37]) if p not in taken)
-    return batch, prompt + (spec.sliding_window or 0)
+    return batch, prompt + (program.attention_window(spec) or 0)
 
 
 def main() -> None:
@@ -701,11 +714,12 @@ def main() -> None:
             # a sliding window: prompts past it and within it (a generate that crosses it, too)
             # a sliding window: prompts past it and within it (a generate that crosses it, too, and
             # one that stays within it)
-            prompts = [prompt] + ([max(3, spec.sliding_window - 2)] if spec.sliding_layers else [])
+            window = attention_window(spec)  # sliding layers' window (chunked attention: the chunk)
+            prompts = [prompt] + ([max(3, window - 2)] if window else [])
             runs = list(itertools.product((("prefill", "dynamic"), ("generate", "dynamic"), ("generate", "static")),
                                           prompts))
-            if spec.sliding_layers and spec.sliding_window - 5 - n >= 2:
-                runs += [(("generate", cache), spec.sliding_window - 5 - n) for cache in ("dynamic", "static")]
+            if window and window - 5 - n >= 2:
+                runs += [(("generate", cache), window - 5 - n) for cache in ("dynamic", "static")]
             if "chunk" in spec.scope:  # a chunked kernel: a prompt of two to four chunks, too (its loop runs
                 # that often; chunks varies across configs, so that it cannot stand for a dim that is 2)
                 runs.append((("prefill", "dynamic"), prompt + spec.scope["chunk"] * (1 + n % 3)))
@@ -736,8 +750,8 @@ def main() -> None:
         print("FAILED", f, file=sys.stderr)
     if a.save:
         import pickle
-        Path(a.save).write_bytes(pickle.dumps((dict(observations), variables_of(spec_from_dict(configs[0])))))
-    program, problems = build_program(observations, variables_of(spec_from_dict(configs[0])))
+        Path(a.save).write_bytes(pickle.dumps((dict(observations), variables_of_all(configs))))
+    program, problems = build_program(observations, variables_of_all(configs))
     for problem in problems:
         print("PROBLEM", problem, file=sys.stderr)
     text = render(program, a.family)
