@@ -193,12 +193,16 @@ class _Replay:
 ALIGNMENT_BYTES = 16  # torch's CPU grouped_mm needs 16-byte rows; else transformers' fallback runs
 
 
+# the hidden and (expert, shared, MoE) intermediate widths that decide "aligned": names like hidden, inter,
+# moe_inter, shared_expert_intermediate_size, expert_in; not full_attention_interval, interleave_moe_layer_step
+_WIDTH = re.compile(r"^(hidden|expert_in)$|inter(?!val|leave)")
+
+
 def flags(spec, w, tokens: int, ctx: int, decode: bool) -> dict[str, bool]:
     """The flags a program's conditions read, for one forward of workload `w` (one definition,
     shared with tools/derive_program.py)."""
     e = w.dtype_bytes
-    widths = [v for k, v in spec.scope.items() if (k in ("hidden", "inter") or "inter" in k or k == "expert_in")
-              and isinstance(v, int) and not isinstance(v, bool)]
+    widths = [v for k, v in spec.scope.items() if _WIDTH.search(k) and isinstance(v, int) and not isinstance(v, bool)]
     win = attention_window(spec)
     sliding = win is not None
     return {**record_flags(spec), "half": w.dtype != "fp32", "eager": w.attention == "eager", "sdpa": w.attention == "sdpa",
