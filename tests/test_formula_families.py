@@ -36,6 +36,9 @@ GENERIC_MEDIAN_LIMIT, GENERIC_MAX_LIMIT = 0.10, 0.35
 MEASURED_LIMITS = {
     # derived programs whose shapes or conditions miss some configs
     "falcon": (0.016, 0.35),
+    # derived; exaone4's full layers apply RoPE when the config has no window (Exaone4Attention:
+    # `sliding_window is None or is_sliding`), which its derivation's configs did not show
+    "exaone4": (0.001, 0.08),
     # derived where no sliding window, the generic program on sliding layers
     "phi3": (0.05, 0.20),
     # the generic decoder program on architectures it does not describe
