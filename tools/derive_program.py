@@ -791,6 +791,12 @@ def render_steps(merged: list[Merged], obs: list[Observation], variables: list[s
         if cond is False:
             problems.append(f"{part}: {m.sig} present under flags that also lack it: a condition on sizes?")
             cond = None
+            if m.kind == "alloc":  # made where any observation with these flags made it (an over-estimate
+                # there), not everywhere: the flag sets that never make it still say so
+                seen = {tuple(sorted(obs[o].flags.items())) for o in present}
+                cond = condition([obs[o].flags for o in sorted(present)],
+                                 [obs[o].flags for o in range(len(obs))
+                                  if o not in present and tuple(sorted(obs[o].flags.items())) not in seen]) or None
         prefix = f"[{cond}] " if cond else ""
         first = m.seen[0][1]
         if m.kind in ("alloc", "release"):
