@@ -36,9 +36,6 @@ GENERIC_MEDIAN_LIMIT, GENERIC_MAX_LIMIT = 0.10, 0.35
 MEASURED_LIMITS = {
     # derived programs whose shapes or conditions miss some configs
     "llama4_text": (0.0005, 0.11),  # eager MQA NoPE chunked layers: clones sized by coincidences
-    # exaone4's full layers apply RoPE when the config has no window (Exaone4Attention:
-    # `sliding_window is None or is_sliding`), which its derivation's configs did not show
-    "exaone4": (0.001, 0.08),
     # derived (chunked gated delta-net), with shapes and conditions that hold on the derivation's
     # configs only (docs/formulas.md)
     "qwen3_5_moe_text": (0.0005, 0.29), "qwen3_next": (0.0005, 0.043),
