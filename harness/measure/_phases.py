@@ -231,7 +231,10 @@ def _known_is_not_traced(values: KnownValues):
     import sys
 
     from transformers.utils import import_utils
-    original = import_utils.is_tracing
+    original = getattr(import_utils, "is_tracing", None)
+    if original is None:  # a transformers without the guard: nothing to answer
+        yield
+        return
 
     def is_tracing(tensor=None) -> bool:
         if tensor is not None and values.known(tensor) is not None:
