@@ -330,3 +330,31 @@ def test_formula_cuda_totals_per_gpu_at_real_size(phase, new):
         assert d["cuda_allocated_bytes"] > 10 * t.workspace_bytes  # the tensors, not the workspace, dominate
         assert abs(t.allocated_bytes - d["cuda_allocated_bytes"]) / d["cuda_allocated_bytes"] < 0.005
         assert abs(t.reserved_bytes - d["cuda_reserved_bytes"]) / d["cuda_reserved_bytes"] < 0.04
+
+
+# --- plans over GPUs against each GPU's device total (issue 16 with issue 18) ----------------------------------
+def test_plan_over_gpus_holds_each_device_total_to_the_utilization():
+    """`plan --gpu T4 --max-gpus 4`: each GPU's CUDA device total (tensors, workspaces, the allocator's reserve,
+    the context; estimator/cuda/split.py) within 90 % of a T4, the next batch over it on some GPU; it allows
+    no more than the tensor-level plan, which counts none of that."""
+    from estimator.cuda import get_gpu
+    from estimator.cuda.split import split_cuda_totals
+    from harness.analysis import plan_gpus
+    tensor = plan_gpus("meta-llama/Meta-Llama-3-8B", "T4", max_gpus=4, seq=1024)
+    device = plan_gpus("meta-llama/Meta-Llama-3-8B", "T4", max_gpus=4, seq=1024, utilization=0.9)
+    limit = int(get_gpu("T4").usable_bytes * 0.9)
+    assert device.target == "device" and device.limit_bytes == limit and device.gpus == 2
+    assert all(t <= limit for t in device.device_totals) and len(device.device_totals) == 2
+    assert device.workload.batch <= tensor.workload.batch
+    after, _ = split_cuda_totals(device.spec, device.next_workload, "T4", device.device_map, 2)
+    assert any(t.device_bytes > limit for t in after)
+
+
+@pytest.mark.slow
+def test_plan_over_gpus_on_device_totals_is_confirmed_by_the_cuda_target_dry_run(capsys):
+    """The plan's point fits and the next batch does not on the per-GPU CUDA-target dry run (measured: formula
+    12.51 / 12.56 GiB, dry run 12.58 / 12.58 GiB at batch 6; 13.34 GiB on both at batch 7; limit 13.10 GiB)."""
+    from memcal.cli import main
+    code = main(["plan", "meta-llama/Meta-Llama-3-8B", "--gpu", "T4", "--max-gpus", "4", "--seq", "1024", "--verify"])
+    out = capsys.readouterr().out
+    assert code == 0 and "device total" in out and "confirmed on the per-device dry run" in out

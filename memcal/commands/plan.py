@@ -47,9 +47,13 @@ def _workload_fields(args: argparse.Namespace) -> dict:
 
 
 def run_gpus(args: argparse.Namespace) -> int:
-    """--gpu: the fewest GPUs of a kind that fit (harness.analysis.plan_gpus), verified on the per-device dry run."""
+    """--gpu: the fewest GPUs of a kind whose device totals fit --utilization of each (harness.analysis.plan_gpus),
+    verified on the per-device CUDA-target dry run."""
     from harness.analysis import gpu_plan_text, plan_gpus, verify_gpus
+    if not 0 < args.utilization <= 1:
+        raise MemcalError(f"--utilization must be in (0, 1], got {args.utilization}")
     result = plan_gpus(args.model, args.gpu, max_gpus=args.max_gpus, batch=args.batch, seq=args.seq, gpus=args.gpus,
+                       utilization=args.utilization, cuda_env=cuda_env(args), since=args.since,
                        **_workload_fields(args))
     check = verify_gpus(result) if args.verify else None
     if args.json:
