@@ -67,6 +67,11 @@ def normalise_kv_dtype(value: str) -> str:
     return _pick("KV cache dtype", value, {**_DTYPE_ALIASES, "fp8": "fp8", "int8": "int8"})
 
 
+# Fields added after results files were committed, with their defaults: what a record without one means,
+# and left out of a point's id at the default so earlier ids stay what they were (harness/sweep).
+ADDED_DEFAULTS = {"padding": 0}
+
+
 @dataclass(frozen=True)
 class Workload:
     """One inference workload. Lengths are in tokens.
@@ -156,10 +161,10 @@ class Workload:
             return GGUF_TYPES[self.weights][0]
         return BNB_BITS[self.weights]
 
-    @property
-    def mask_ones(self) -> int:
-        """Ones in the prompt's attention mask: the tokens flash attention's unpadding keeps."""
-        return self.batch * self.prompt_len - (self.batch - 1) * self.padding
+    def mask_ones(self, length: int | None = None) -> int:
+        """Ones in the attention mask over `length` positions (default the prompt): the tokens flash
+        attention's unpadding keeps (the padding stays on the left as the mask grows)."""
+        return self.batch * (length or self.prompt_len) - (self.batch - 1) * self.padding
 
     def with_(self, **changes) -> "Workload":
         """A copy with changes; a KV dtype that only followed the compute dtype keeps following it."""

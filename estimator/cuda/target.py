@@ -119,7 +119,7 @@ def attention_events(spec, workload, gpu: GpuProfile, q_len: int, kv_len: int) -
     d), from the prompt on; the CUDA-target dry run reads the layout from the tensors themselves)."""
     call = sdpa_call(spec, workload, q_len, kv_len)
     if workload.attention == "flash" and workload.padding:
-        nnz_k = workload.batch * kv_len - (workload.batch - 1) * workload.padding
+        nnz_k = workload.mask_ones(kv_len)
         return flash_attn2.NAME + " varlen (padding mask)", flash_attn2.fa2_unpad_events(
             call, nnz_k if q_len == kv_len else workload.batch, nnz_k, gpu.sm_count)
     if workload.attention == "flash":
@@ -229,7 +229,7 @@ def _flash_notes(spec, workload, gpu: GpuProfile) -> list[str]:
     prefill = sdpa_call(spec, workload, s, s)
     if workload.padding:
         held, _ = events_peak(attention_events(spec, workload, gpu, s, s)[1])
-        notes = [f"flash_attention_2 with a padding mask ({workload.mask_ones:,} of {workload.batch * s:,} prompt "
+        notes = [f"flash_attention_2 with a padding mask ({workload.mask_ones():,} of {workload.batch * s:,} prompt "
                  f"tokens kept): the prompt's call holds {held:,} B (unpadded q, k, v and indices, flash_attn's "
                  "varlen out and fp32 softmax_lse, pad_input's zeros)"]
     else:

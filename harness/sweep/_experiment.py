@@ -41,7 +41,7 @@ from typing import Any, Mapping
 from estimator.errors import MemcalError
 from estimator.spec import load_spec
 from estimator.units import parse_size
-from estimator.workload import Workload
+from estimator.workload import ADDED_DEFAULTS, Workload
 
 from .._common import point_label
 from .._record import DEVICES
@@ -61,9 +61,6 @@ _GRID_KEYS: dict[str, tuple[str, Any]] = {
     "phases": ("list[str]", ["prefill"]), "attention": ("list[str]", ["sdpa"]),
     "cache": ("list[str]", ["dynamic"]), "padding": ("list[count]", [0]),
 }
-# Workload fields added after datasets were committed, with their defaults: left out of a point's id at
-# the default, so that the ids of every earlier point stay what they were.
-_ADDED_DEFAULTS = {("padding", 0)}
 
 
 class ExperimentError(MemcalError):
@@ -244,7 +241,7 @@ def _resolve_model(ref: str, base: Path, path: str, key: str) -> tuple[str, dict
 
 def _point(model: str, config: Mapping, config_hash: str, family: str, device: str, workload: Workload,
            repeat: int) -> Point:
-    wl = {k: v for k, v in dataclasses.asdict(workload).items() if (k, v) not in _ADDED_DEFAULTS}
+    wl = {k: v for k, v in dataclasses.asdict(workload).items() if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
     point_id = canonical_hash({"model": model, "config": config_hash, "device": device, "workload": wl})
     build = {k: wl[k] for k in ("dtype", "weights", "double_quant", "attention")}
     group_id = canonical_hash({"model": model, "config": config_hash, "device": device, **build}, 12)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from estimator.errors import MemcalError
+from estimator.workload import ADDED_DEFAULTS
 
 from .._common import config_to_json, env_differences
 from .._record import BYTE_FIELDS, SCHEMA_VERSION, STATUSES, peak_bytes
@@ -52,7 +53,7 @@ SWEEP_STATUSES = ("skipped", "crashed", "timeout")
 POINT_STATUSES = tuple(dict.fromkeys(STATUSES + SWEEP_STATUSES))
 WORKLOAD_COLUMNS = ("batch", "prompt_len", "new_tokens", "dtype", "weights", "kv_dtype", "attention", "phase",
                     "cache", "double_quant", "padding")
-WORKLOAD_DEFAULTS = {"padding": 0}  # a column added later: what records written before it mean
+WORKLOAD_DEFAULTS = ADDED_DEFAULTS  # columns added later: what records written before them mean
 
 
 @dataclass
