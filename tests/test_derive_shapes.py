@@ -59,3 +59,62 @@ def test_alternatives_of_the_same_element_count_are_one_shape():
     # a shape whose element count differs somewhere stays an alternative
     merged = _merged(dp, [(2, 3, 1), (5, 4, 3)])
     assert len(dp._same_elements([("b, c, h", {1}), ("b, h, 1", {0})], merged, obs)) == 2
+
+
+def _loop_tokens(dp, chunks: int, chunk: int = 64):
+    """A layer that makes a state, loops `chunks` times (each iteration makes a chunk-long tensor, a new
+    state, and frees the previous iteration's), then frees the last state: token refs as cut() writes them."""
+    part = ("layer", 1)
+    tokens = [dp.Token("alloc", ("+", "zeros"), (2, 8), "e", "zeros")]  # the state before the loop
+    state, kept = 0, None
+    for i in range(chunks):
+        tokens.append(dp.Token("alloc", ("+", "bmm"), (2, chunk, 8), "e", "bmm"))
+        block = len(tokens) - 1
+        if kept is not None:
+            tokens.append(dp.Token("free", ("-", "bmm"), ref=(part, kept)))
+        tokens.append(dp.Token("alloc", ("+", "add"), (2, 8), "e", "add"))
+        tokens.append(dp.Token("free", ("-", "zeros" if i == 0 else "add"), ref=(part, state)))
+        state, kept = len(tokens) - 2, block
+    tokens.append(dp.Token("free", ("-", "bmm"), ref=(part, kept)))
+    tokens.append(dp.Token("free", ("-", "add"), ref=(part, state)))
+    return tokens
+
+
+def _replay(tokens) -> tuple[int, int]:
+    """Peak and end of the live bytes (2 bytes an element), following the refs."""
+    alive, live, peak = {}, 0, 0
+    for k, t in enumerate(tokens):
+        if t.kind == "alloc":
+            size = 2
+            for d in t.shape:
+                size *= d
+            alive[k] = size
+            live += size
+            peak = max(peak, live)
+        else:
+            live -= alive.pop(t.ref[1])
+    return peak, live
+
+
+@pytest.mark.parametrize("chunks", [3, 4, 7])
+def test_a_loop_over_chunks_keeps_two_iterations(chunks):
+    dp = _derive()
+    tokens = _loop_tokens(dp, chunks)
+    obs = dp.Observation(tokens, {"chunks": chunks, "chunk": 64}, {})
+    collapsed = dp.collapse_loop(obs)
+    two = _loop_tokens(dp, 2)
+    # the same steps as a two-chunk forward, the same peak and end as the whole loop, every free valid
+    assert [t.sig for t in collapsed.tokens] == [t.sig for t in two]
+    assert _replay(collapsed.tokens) == _replay(tokens)
+    assert all(collapsed.tokens[t.ref[1]].kind == "alloc" for t in collapsed.tokens if t.kind == "free")
+
+
+def test_a_loop_not_over_chunks_is_kept():
+    dp = _derive()
+    # the same loop, but its tensors are not one chunk long (a loop over experts): nothing dropped
+    tokens = _loop_tokens(dp, 4, chunk=5)
+    obs = dp.Observation(tokens, {"chunks": 4, "chunk": 64}, {})
+    assert dp.collapse_loop(obs).tokens == tokens
+    # and a forward of one or two chunks is left as traced
+    tokens = _loop_tokens(dp, 2)
+    assert dp.collapse_loop(dp.Observation(tokens, {"chunks": 2, "chunk": 64}, {})).tokens == tokens

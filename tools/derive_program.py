@@ -597,7 +597,7 @@ def _int_dims(spec) -> dict[str, int]:
             and not isinstance(v, bool) and k not in ("layers", "positions")}
 
 
-def select_configs(family: str, n: int, where: str | None = None) -> list[dict]:
+def select_configs(family: str, n: int, where: str | None = None, cover: bool = True) -> list[dict]:
     """`n` configs whose dims differ from each other's and within each config as much as possible (so
     that every fit is unambiguous), MHA, GQA and MQA (and aligned or not experts) among them, then
     more until every kind of layer is seen in at least three configs."""
@@ -612,7 +612,8 @@ def select_configs(family: str, n: int, where: str | None = None) -> list[dict]:
             kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
             aligned = program.flags(spec, Workload(dtype="bf16"), 1, 1, False)["aligned"]
             own = tuple(sorted(program.record_flags(spec).items()))  # the record's program_flags
-            pool.append((config, _int_dims(spec), (kind, aligned, own), frozenset(spec.layer_kinds)))
+            switches = tuple((k, spec.scope[k]) for k in flag_dims(spec))  # its is_* dims
+            pool.append((config, _int_dims(spec), (kind, aligned, own, switches), frozenset(spec.layer_kinds)))
     chosen: list[tuple] = []
 
     def score(item) -> int:
@@ -632,6 +633,8 @@ def select_configs(family: str, n: int, where: str | None = None) -> list[dict]:
         chosen.append(best)
     while len(chosen) < n and pool:
         take(pool)
+    if not cover:
+        return [c[0] for c in chosen]
     # each kind of layer in three configs (half of them where n is larger: a kind seen in few configs
     # fits their coincidences, e.g. layers - 1 for heads // kv_heads)
     for kind in sorted({k for item in pool for k in item[3]}):
@@ -658,6 +661,14 @@ def select_configs(family: str, n: int, where: str | None = None) -> list[dict]:
                 candidates = [item for item in pool if (flag, value) in item[2][2] and item[2][0] == layout]
                 if candidates:
                     take(candidates)
+    # each value of each is_* dim with each kind of layer: a switch such as is_lin_single (one key head:
+    # its reshapes are views) seen only in configs without linear-attention layers says nothing of them
+    for kind in sorted({k for item in pool for k in item[3]}):
+        for switch in sorted({f for item in pool for f in item[2][3]}):
+            if not any(switch in c[2][3] and kind in c[3] for c in chosen):
+                candidates = [item for item in pool if switch in item[2][3] and kind in item[3]]
+                if candidates:
+                    take(candidates)
     return [c[0] for c in chosen]
 
 
@@ -680,6 +691,9 @@ def main() -> None:
     p.add_argument("--load", nargs="+", help="fit the observations pickled by --save instead of tracing (several "
                                              "files: their observations together, e.g. configs of a missing variant "
                                              "traced with --where)")
+    p.add_argument("--no-cover", action="store_true", help="exactly --configs configs, without the ones added so that "
+                                                           "every kind of layer meets every layout and switch (a "
+                                                           "variant traced apart, to --load with the rest)")
     p.add_argument("--where", help="only configs whose dims satisfy this expression (a switch whose steps a "
                                    "program cannot say, e.g. a loop over heads, left out and written by hand)")
     a = p.parse_args()
@@ -695,13 +709,21 @@ def main() -> None:
             for part, items in extra.items():
                 observations.setdefault(part, []).extend(
                     Observation(o.tokens, o.scope, o.flags, o.forward_id + offset) for o in items)
+        # the family's flag dims (is_*): those the traces were made with, and those the record has gained
+        # since (each observation's scope holds the dims they are written over)
+        switches = tuple(k for k in (record.dims if record else {}) if k.startswith("is_"))
+        for o in (o for items in observations.values() for o in items):
+            for k in switches:
+                if k not in o.flags:
+                    o.flags[k] = bool(evaluate(record.dims[k], o.scope))
+        FLAGS = FLAGS + tuple(dict.fromkeys(k for o in observations["prologue"] for k in o.flags if k not in FLAGS))
         program, problems = build_program(observations, variables)
         for problem in problems:
             print("PROBLEM", problem, file=sys.stderr)
         text = render(program, a.family)
         write(a.family, text) if a.write else print(text)
         return
-    configs = select_configs(a.family, a.configs, a.where)
+    configs = select_configs(a.family, a.configs, a.where, cover=not a.no_cover)
     FLAGS = FLAGS + flag_dims(spec_from_dict(configs[0]))
     dtypes = ["bf16"] if a.quick else ["fp32", "bf16"]
     attentions = ["sdpa"] if a.quick else ["eager", "sdpa"]
@@ -761,7 +783,74 @@ def main() -> None:
         print(text)
 
 
+def _loop_run(tokens: list[Token], part: object, chunks: int, chunk: int) -> tuple[int, int, int] | None:
+    """(start, period, count) of the loop over chunks: the longest run of identical consecutive blocks of
+    tokens, `chunks` or `chunks - 1` of them (whether the first iteration differs), in which each block
+    frees a tensor the block before it made (an iteration hands its state on) and makes a tensor one
+    chunk long (which tells it from a loop over experts or heads), else None."""
+    sigs = tuple(t.sig for t in tokens)
+    n = len(sigs)
+    for p in range(2, n // 2 + 1):
+        for s in range(0, n - 2 * p + 1):
+            if sigs[s] != sigs[s + p] or sigs[s:s + p] != sigs[s + p:s + 2 * p]:
+                continue
+            block = tokens[s:s + p]
+            if not any(t.kind == "free" and t.ref and t.ref[0] == part and s <= t.ref[1] < s + p
+                       for t in tokens[s + p:s + 2 * p]):
+                continue
+            if not any(t.kind == "alloc" and chunk in t.shape for t in block):
+                continue
+            first, count = s, 2
+            while first - p >= 0 and sigs[first - p:first] == sigs[s:s + p]:
+                first, count = first - p, count + 1
+            while first + (count + 1) * p <= n and sigs[first + count * p:first + (count + 1) * p] == sigs[s:s + p]:
+                count += 1
+            if count in (chunks - 1, chunks):
+                return first, p, count
+    return None
+
+
+def collapse_loop(obs: Observation) -> Observation:
+    """A forward that loops over chunks (a chunked linear-attention kernel: ``for i in range(chunks)``)
+    keeps the loop's first two iterations and drops the rest: from the second on, each iteration frees
+    the one before and makes the same tensors, so the later ones repeat the second's peak and leave the
+    same live set (the program format has no loop; iteration two runs where multi_chunk says). Frees
+    after the loop of a dropped iteration's tensors free the second iteration's instead."""
+    chunks = obs.scope.get("chunks")
+    if not isinstance(chunks, int) or chunks < 3:
+        return obs
+    tokens = obs.tokens
+    parts = {t.ref[0] for t in tokens if t.kind == "free" and t.ref and t.ref[0] not in ("in", "pro")}
+    if len(parts) != 1:
+        return obs
+    part = parts.pop()
+    # iterations 2..chunks are alike (the first frees the state made before the loop); when the first is
+    # like them too, the run is `chunks` long: either way the run's last chunks - 2 blocks go
+    found = _loop_run(tokens, part, chunks, obs.scope.get("chunk"))
+    if not found:
+        return obs
+    s, p, count = found
+    drop_from, drop_to = s + (count - (chunks - 2)) * p, s + count * p
+    keep_last = drop_from - p  # the last kept iteration's first token
+    new_index, out = {}, []
+    for k, t in enumerate(tokens):
+        if drop_from <= k < drop_to:
+            continue
+        new_index[k] = len(out)
+        out.append(t)
+    fixed = []
+    for t in out:
+        if t.kind == "free" and t.ref and t.ref[0] == part:
+            k = t.ref[1]
+            if drop_from <= k < drop_to:
+                k = keep_last + (k - drop_from) % p
+            t = Token(t.kind, t.sig, t.shape, t.dtype, t.op, (part, new_index[k]), t.name)
+        fixed.append(t)
+    return Observation(fixed, obs.scope, obs.flags, obs.forward_id)
+
+
 def build_program(observations: dict[str, list[Observation]], variables: list[str]) -> tuple[dict, list[str]]:
+    observations = {part: [collapse_loop(o) for o in obs] for part, obs in observations.items()}
     global _TABLE
     _TABLE = FitTable(variables, [o.scope for obs in observations.values() for o in obs])
     program: dict = {"layer": {}}
