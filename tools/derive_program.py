@@ -608,7 +608,7 @@ def select_configs(family: str, n: int, where: str | None = None, cover: bool = 
             spec = spec_from_dict(config)
         except Exception:
             continue
-        if spec.num_layers >= 2 and (where is None or evaluate(where, spec.scope)):
+        if spec.num_layers >= 2 and (where is None or evaluate(where, {**spec.scope, **program.record_flags(spec)})):
             kind = "mha" if spec.num_kv_heads == spec.num_heads else "mqa" if spec.num_kv_heads == 1 else "gqa"
             aligned = program.flags(spec, Workload(dtype="bf16"), 1, 1, False)["aligned"]
             own = tuple(sorted(program.record_flags(spec).items()))  # the record's program_flags
@@ -694,8 +694,9 @@ def main() -> None:
     p.add_argument("--no-cover", action="store_true", help="exactly --configs configs, without the ones added so that "
                                                            "every kind of layer meets every layout and switch (a "
                                                            "variant traced apart, to --load with the rest)")
-    p.add_argument("--where", help="only configs whose dims satisfy this expression (a switch whose steps a "
-                                   "program cannot say, e.g. a loop over heads, left out and written by hand)")
+    p.add_argument("--where", help="only configs whose dims and program flags satisfy this expression (a switch "
+                                   "whose steps a program cannot say, e.g. a loop over heads, left out and written "
+                                   "by hand; or a variant the drawn configs missed, traced apart)")
     a = p.parse_args()
     global FLAGS
     record = families.get(a.family)
