@@ -560,8 +560,13 @@ def variables_of_all(configs: list[dict]) -> list[str]:
     return out
 
 
+def switch_names(record) -> tuple[str, ...]:
+    """The record's switches: its dims named is_* (e.g. whether a linear attention's key heads are grouped)."""
+    return tuple(k for k in (record.dims if record else {}) if k.startswith("is_"))
+
+
 def flag_dims(spec) -> tuple[str, ...]:
-    return tuple(k for k in spec.record.dims if k.startswith("is_") and isinstance(spec.scope.get(k), bool))
+    return tuple(k for k in switch_names(spec.record) if isinstance(spec.scope.get(k), bool))
 
 
 def flags_of(spec, w: Workload, t: int, ctx: int, decode: bool) -> dict:
@@ -712,9 +717,8 @@ def main() -> None:
                     Observation(o.tokens, o.scope, o.flags, o.forward_id + offset) for o in items)
         # the family's flag dims (is_*): those the traces were made with, and those the record has gained
         # since (each observation's scope holds the dims they are written over)
-        switches = tuple(k for k in (record.dims if record else {}) if k.startswith("is_"))
         for o in (o for items in observations.values() for o in items):
-            for k in switches:
+            for k in switch_names(record):
                 if k not in o.flags:
                     o.flags[k] = bool(evaluate(record.dims[k], o.scope))
         FLAGS = FLAGS + tuple(dict.fromkeys(k for o in observations["prologue"] for k in o.flags if k not in FLAGS))
